@@ -1,0 +1,25 @@
+"""Installation of lensing_ssc (DESIGN.md §2 asks for a top-level setup.py)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="lensing_ssc",
+    version="0.1.0",
+    description="MPI-parallel weak-lensing super-sample-covariance pipeline",
+    packages=find_packages(include=["lensing_ssc", "lensing_ssc.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "numpy>=1.22",
+        "scipy",
+        "healpy",
+        "astropy",
+        "h5py",
+        "mpi4py",
+        "bigfile",
+        "pyyaml",
+        "psutil",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest", "pytest-mpi", "pytest-timeout"]},
+    entry_points={"console_scripts": ["lensing-ssc = lensing_ssc.cli:main"]},
+)
