@@ -21,5 +21,5 @@ setup(
         "matplotlib",
     ],
     extras_require={"test": ["pytest", "pytest-mpi", "pytest-timeout"]},
-    entry_points={"console_scripts": ["lensing-ssc = lensing_ssc.cli:main"]},
+    entry_points={"console_scripts": ["lensing-ssc = lensing_ssc.cli:entry_point"]},
 )

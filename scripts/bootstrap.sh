@@ -21,7 +21,7 @@ if [ -n "$missing" ]; then
   log "installing Debian packages:$missing"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
 # 2. Virtual environment.
@@ -37,7 +37,7 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] \
 fi
 
 "$VPY" -m pip install -q --upgrade pip
-"$VPY" -m pip install -q numpy cython pkgconfig setuptools wheel mpi4py
+"$VPY" -m pip install -q numpy cython pkgconfig "setuptools>=77" wheel mpi4py
 
 # 3. h5py against Debian's parallel HDF5 (about 2 minutes, once).
 if ! "$VPY" -c "import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)" 2>/dev/null; then

@@ -1,1 +1,16 @@
-"""parallel package."""
+"""Everything MPI in lensing_ssc lives here; nothing in this package knows about lensing.
+
+* :mod:`.comm`   -- COMM_WORLD with or without mpiexec, rank-0-computes-then-broadcasts
+* :mod:`.tasks`  -- splitting task lists by cost into contiguous rank ranges
+* :mod:`.reduce` -- chunked reductions for arrays beyond the 2**31 MPI count limit
+* :mod:`.abort`  -- one rank's exception ends the whole job (log with rank, then Abort)
+* :mod:`.stop`   -- agreeing on a stop (signal, wall-time budget) at task boundaries
+"""
+from lensing_ssc.parallel.comm import Comm, get_comm, is_collective, mark_collective, root_then_bcast
+from lensing_ssc.parallel.tasks import split_by_cost
+from lensing_ssc.parallel.reduce import allreduce_sum, reduce_sum_to_root
+from lensing_ssc.parallel.abort import abort_on_exception, install_abort_hook
+from lensing_ssc.parallel.stop import StopAgreement
+
+__all__ = ["Comm", "get_comm", "is_collective", "mark_collective", "root_then_bcast", "split_by_cost", "allreduce_sum", "reduce_sum_to_root",
+           "abort_on_exception", "install_abort_hook", "StopAgreement"]

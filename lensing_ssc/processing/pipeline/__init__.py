@@ -1,1 +1,4 @@
-"""pipeline package."""
+"""Pipelines: BasePipeline and the stage pipelines (the seed's API)."""
+from lensing_ssc.processing.pipeline.base_pipeline import BasePipeline, PipelineResult
+
+__all__ = ["BasePipeline", "PipelineResult"]

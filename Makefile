@@ -1,0 +1,33 @@
+# lensing_ssc: `make demo` and `make test` are the two commands of the README.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+NP ?= 2
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+# OpenMPI on small machines: allow more ranks than cores (tests use up to 3 ranks on 2 cores).
+export OMPI_MCA_rmaps_base_oversubscribe := 1
+MPIEXEC := mpiexec -n $(NP)
+
+.PHONY: bootstrap test test-serial test-mpi demo bench clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+test: bootstrap test-serial test-mpi
+
+test-serial:
+	$(PY) -m pytest -q
+
+# pytest exits with code 5 when it collects nothing, so an MPI run without MPI tests fails here.
+test-mpi:
+	$(MPIEXEC) $(PY) -m pytest -q --with-mpi -m mpi -p no:cacheprovider
+
+demo: bootstrap
+	$(MPIEXEC) $(VENV)/bin/lensing-ssc run configs/demo.yaml
+
+bench: bootstrap
+	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf demo_output .pytest_cache

@@ -1,0 +1,420 @@
+"""ProcessingConfig: the one configuration object of lensing_ssc (DESIGN.md §4).
+
+The YAML file has a few top-level keys (``data_dir``, ``output_dir``, ``seed``) and sections
+(``pipeline``, ``preprocessing``, ``kappa``, ``analysis``, ``mock``, ``cosmology``, ``ensemble``).
+The seed's flat attributes (``config.batch_size``, ``config.chunk_size``, ...) are aliases of section
+keys, so ``ProcessingConfig(data_dir=..., output_dir=..., num_workers=8)`` and ``config.batch_size = 5``
+work as the user-facing spec shows.
+
+Validation collects every problem with its key path (``analysis.patch_size_deg: ...``) and raises
+one :class:`ConfigError`; unknown keys get a "did you mean" suggestion.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import yaml
+
+from lensing_ssc.core.errors import ConfigError
+
+
+class _Invalid(ValueError):
+    """Raised by a key checker; the message says what was expected."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Key checkers: each returns the normalised value or raises _Invalid(expected ...).
+
+def _int(lo: Optional[int] = None, hi: Optional[int] = None) -> Callable[[Any], int]:
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"expected an integer, got {value!r}")
+        if lo is not None and value < lo:
+            raise _Invalid(f"expected an integer >= {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise _Invalid(f"expected an integer <= {hi}, got {value}")
+        return value
+    return check
+
+
+def _number(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False) -> Callable:
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Invalid(f"expected a number, got {value!r}")
+        value = float(value)
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            raise _Invalid(f"expected a number {'>' if lo_open else '>='} {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise _Invalid(f"expected a number <= {hi}, got {value}")
+        return value
+    return check
+
+
+def _bool(value):
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {value!r}")
+    return value
+
+
+def _string(value):
+    if not isinstance(value, str) or not value:
+        raise _Invalid(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _optional(check: Callable) -> Callable:
+    def optional_check(value):
+        return None if value is None else check(value)
+    return optional_check
+
+
+def _choice(*choices: str) -> Callable:
+    def check(value):
+        if value not in choices:
+            raise _Invalid(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    return check
+
+
+def _list_of(check: Callable, min_len: int = 0, exact_len: Optional[int] = None) -> Callable:
+    def list_check(value):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise _Invalid(f"expected a list, got {value!r}")
+        if exact_len is not None and len(value) != exact_len:
+            raise _Invalid(f"expected a list of {exact_len} items, got {len(value)}")
+        if len(value) < min_len:
+            raise _Invalid(f"expected at least {min_len} item(s), got {len(value)}")
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(check(item))
+            except _Invalid as exc:
+                raise _Invalid(f"item {i}: {exc}") from None
+        return out
+    return list_check
+
+
+def _sheet_range(value):
+    pair = _list_of(_int(lo=0), exact_len=2)(value)
+    if pair[0] >= pair[1]:
+        raise _Invalid(f"expected [start, end] with start < end, got {pair}")
+    return pair
+
+
+def _statistics(value):
+    names = _list_of(_string, min_len=1)(value)
+    # Known names are checked against the plugin registry at pipeline set-up, where plugins exist.
+    return names
+
+
+def _families(value):
+    if not isinstance(value, dict) or not value:
+        raise _Invalid(f"expected a mapping family name -> list of file globs, got {value!r}")
+    return {str(name): _list_of(_string, min_len=1)(globs) for name, globs in value.items()}
+
+
+def _mapping(value):
+    if not isinstance(value, dict):
+        raise _Invalid(f"expected a mapping, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# The schema: section -> key -> (default, checker). Defaults follow DESIGN.md §4 and SCIENCE.md.
+
+SECTIONS: Dict[str, Dict[str, Tuple[Any, Callable]]] = {
+    "pipeline": {
+        "type": ("preprocessing", _choice("preprocessing", "kappa", "analysis", "run")),
+        "batch_size": (10, _int(lo=1)),
+        "checkpoint_interval": (1, _int(lo=1)),
+        "max_retries": (3, _int(lo=0, hi=100)),
+        "num_workers": (1, _int(lo=1)),
+        "checkpoint_dir": (None, _optional(_string)),
+        "cache_dir": (None, _optional(_string)),
+        "compress_checkpoints": (False, _bool),
+        "memory_limit_mb": (None, _optional(_number(lo=0, lo_open=True))),
+        "memory_monitoring": (True, _bool),
+        "parallel_io": (True, _bool),
+        "wall_time_budget_s": (None, _optional(_number(lo=0, lo_open=True))),
+        "resume": ("resume", _choice("resume", "restart", "refuse")),
+        "log_level": ("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
+        "retry_backoff_s": (0.5, _number(lo=0)),
+    },
+    "preprocessing": {
+        "sheet_range": ([20, 100], _sheet_range),
+        "chunk_size": (50_000_000, _int(lo=1)),
+        "validation_level": ("strict", _choice("strict", "basic", "none")),
+        "dataset": ("HEALPIX", _choice("HEALPIX", "particles")),
+        "nside_out": (None, _optional(_int(lo=1))),
+        "observer": ([0.0, 0.0, 0.0], _list_of(_number(), exact_len=3)),
+        "overwrite": (False, _bool),
+    },
+    "kappa": {
+        "source_redshifts": ([0.5, 1.0, 1.5, 2.0, 2.5], _list_of(_number(lo=0, lo_open=True), min_len=1)),
+    },
+    "analysis": {
+        "patch_size_deg": (10.0, _number(lo=0, hi=90, lo_open=True)),
+        "statistics": (["power_spectrum", "bispectrum", "pdf", "peak_counts", "minima", "minkowski"],
+                       _statistics),
+        "smoothing_lengths": ([2.0, 5.0, 8.0, 10.0], _list_of(_number(lo=0, lo_open=True), min_len=1)),
+        "xsize": (2048, _int(lo=8)),
+        "ngal": ([0, 7, 15, 30, 50], _list_of(_int(lo=0), min_len=1)),
+        "epsilon": (0.26, _number(lo=0, lo_open=True)),
+        "lmin": (300.0, _number(lo=0, lo_open=True)),
+        "lmax": (3000.0, _number(lo=0, lo_open=True)),
+        "nbin": (8, _int(lo=1)),
+        "nu_bins": ([-4.0, 4.0, 8], _list_of(_number(), exact_len=3)),
+        "noise_seed": (0, _int(lo=0)),
+        "exclude_flagged_patches": (False, _bool),
+        "centers": (None, _optional(_list_of(_list_of(_number(), exact_len=2), min_len=1))),
+    },
+    "mock": {
+        "nside": (64, _int(lo=1)),
+        "box_size": (500.0, _number(lo=0, lo_open=True)),
+        "nc": (64, _int(lo=2)),
+        "z_max": (1.5, _number(lo=0, lo_open=True)),
+        "nslices": (100, _int(lo=1)),
+        "power_spectrum": ("eisenstein_hu", _choice("eisenstein_hu")),
+        "seed": (42, _int(lo=0)),
+        "field": ("lognormal", _choice("lognormal", "gaussian")),
+        "with_particles": (False, _bool),
+    },
+    "cosmology": {
+        "H0": (67.74, _number(lo=0, lo_open=True)),
+        "Om0": (0.309, _number(lo=0, hi=1, lo_open=True)),
+    },
+    "ensemble": {
+        "families": (None, _optional(_families)),
+        "exclude_patches": ([], _list_of(_int(lo=0))),
+        "exclude_flagged": (True, _bool),
+        "outlier_sigma": (None, _optional(_number(lo=0, lo_open=True))),
+        "bootstrap": (1000, _int(lo=0)),
+    },
+}
+
+TOP_LEVEL: Dict[str, Tuple[Any, Callable]] = {
+    "data_dir": (None, _optional(_string)),
+    "output_dir": ("output", _string),
+    "seed": (None, _optional(_int(lo=0))),
+}
+
+# The seed's flat attribute names and where they live.
+ALIASES: Dict[str, Tuple[str, str]] = {
+    "batch_size": ("pipeline", "batch_size"),
+    "checkpoint_interval": ("pipeline", "checkpoint_interval"),
+    "max_retries": ("pipeline", "max_retries"),
+    "num_workers": ("pipeline", "num_workers"),
+    "checkpoint_dir": ("pipeline", "checkpoint_dir"),
+    "cache_dir": ("pipeline", "cache_dir"),
+    "compress_checkpoints": ("pipeline", "compress_checkpoints"),
+    "memory_limit_mb": ("pipeline", "memory_limit_mb"),
+    "memory_monitoring": ("pipeline", "memory_monitoring"),
+    "parallel_io": ("pipeline", "parallel_io"),
+    "wall_time_budget_s": ("pipeline", "wall_time_budget_s"),
+    "chunk_size": ("preprocessing", "chunk_size"),
+    "sheet_range": ("preprocessing", "sheet_range"),
+    "patch_size_deg": ("analysis", "patch_size_deg"),
+    "statistics": ("analysis", "statistics"),
+    "smoothing_lengths": ("analysis", "smoothing_lengths"),
+}
+
+# Keys that change numbers in the outputs; the checkpoint manifest hashes only these.
+SCIENCE_KEYS: Dict[str, Tuple[str, ...]] = {
+    "preprocessing": ("dataset", "nside_out", "observer", "sheet_range"),
+    "kappa": ("source_redshifts",),
+    "analysis": ("patch_size_deg", "statistics", "smoothing_lengths", "xsize", "ngal", "epsilon", "lmin",
+                 "lmax", "nbin", "nu_bins", "noise_seed", "centers"),
+    "mock": tuple(SECTIONS["mock"]),
+    "cosmology": ("H0", "Om0"),
+}
+
+
+def _suggest(key: str, known) -> str:
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else f" (known keys: {', '.join(sorted(known))})"
+
+
+class Section:
+    """One config section: attribute access to its keys, e.g. ``config.analysis.patch_size_deg``."""
+
+    def __init__(self, name: str, values: Dict[str, Any]):
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, key):
+        if key.startswith("_"):
+            raise AttributeError(key)
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"config section '{self._name}' has no key '{key}'"
+                                 f"{_suggest(key, self._values)}") from None
+
+    def __setattr__(self, key, value):
+        if key not in self._values:
+            raise AttributeError(f"config section '{self._name}' has no key '{key}'"
+                                 f"{_suggest(key, self._values)}")
+        self._values[key] = value
+
+    def to_dict(self) -> Dict[str, Any]:
+        return copy.deepcopy(self._values)
+
+    def __repr__(self):
+        return f"Section({self._name}, {self._values})"
+
+
+class ProcessingConfig:
+    """Configuration of every lensing_ssc stage.
+
+    ``ProcessingConfig(data_dir=..., output_dir=..., num_workers=8)`` accepts top-level keys, the seed's
+    flat aliases (``batch_size``, ``chunk_size``, ``checkpoint_dir``, ...) and whole sections as dicts
+    (``analysis={"patch_size_deg": 5.0}``). Unknown names raise ConfigError at once; value checks run in
+    :meth:`validate` (called by every pipeline before it starts), so attributes may be changed first.
+    """
+
+    def __init__(self, source: Optional[str] = None, **kwargs):
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "_top", {key: copy.deepcopy(default) for key, (default, _) in TOP_LEVEL.items()})
+        object.__setattr__(self, "_sections", {
+            name: Section(name, {key: copy.deepcopy(default) for key, (default, _) in spec.items()})
+            for name, spec in SECTIONS.items()})
+        problems = self._apply(kwargs)
+        if problems:
+            raise ConfigError(problems, source)
+
+    def _apply(self, values: Dict[str, Any]) -> List[str]:
+        """Set top-level keys, aliases and sections from ``values``; return the unknown-key problems."""
+        problems: List[str] = []
+        for key, value in values.items():
+            if key in SECTIONS:
+                if not isinstance(value, dict):
+                    problems.append(f"{key}: expected a mapping of keys, got {value!r}")
+                    continue
+                for sub_key, sub_value in value.items():
+                    if sub_key in SECTIONS[key]:
+                        self._sections[key]._values[sub_key] = sub_value
+                    else:
+                        problems.append(f"{key}.{sub_key}: unknown key{_suggest(sub_key, SECTIONS[key])}")
+            elif key in TOP_LEVEL or key in ALIASES:
+                setattr(self, key, value)
+            else:
+                problems.append(f"{key}: unknown key"
+                                f"{_suggest(key, list(TOP_LEVEL) + list(SECTIONS) + list(ALIASES))}")
+        return problems
+
+    # -- attribute access ----------------------------------------------------------------------
+    def __getattr__(self, key):
+        if key.startswith("_"):
+            raise AttributeError(key)
+        if key in self._sections:
+            return self._sections[key]
+        if key in self._top:
+            return self._top[key]
+        if key in ALIASES:
+            section, sub_key = ALIASES[key]
+            return self._sections[section]._values[sub_key]
+        raise AttributeError(f"ProcessingConfig has no attribute '{key}'"
+                             f"{_suggest(key, list(TOP_LEVEL) + list(SECTIONS) + list(ALIASES))}")
+
+    def __setattr__(self, key, value):
+        if key in self._top:
+            self._top[key] = value
+        elif key in ALIASES:
+            section, sub_key = ALIASES[key]
+            self._sections[section]._values[sub_key] = value
+        else:
+            raise AttributeError(f"ProcessingConfig has no attribute '{key}'"
+                                 f"{_suggest(key, list(TOP_LEVEL) + list(ALIASES))}")
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], source: Optional[str] = None) -> "ProcessingConfig":
+        """Build and validate a config from a parsed YAML mapping (all problems reported at once)."""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError([f"top level: expected a mapping of keys, got {type(data).__name__}"], source)
+        config = cls(source=source)
+        problems = config._apply(data) + config.problems()
+        if problems:
+            raise ConfigError(problems, source)
+        return config
+
+    @classmethod
+    def from_yaml(cls, path) -> "ProcessingConfig":
+        """Read a YAML file; relative ``data_dir``/``output_dir`` stay relative to the working directory."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError([f"cannot read config file: {exc.strerror}"], str(path)) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], str(path)) from None
+        return cls.from_dict(data, source=str(path))
+
+    # -- validation ----------------------------------------------------------------------------
+    def problems(self) -> List[str]:
+        """Every problem of the current values, each prefixed by its key path."""
+        found: List[str] = []
+        for key, (_, check) in TOP_LEVEL.items():
+            try:
+                self._top[key] = check(self._top[key])
+            except _Invalid as exc:
+                found.append(f"{key}: {exc}")
+        for name, spec in SECTIONS.items():
+            values = self._sections[name]._values
+            for key, (_, check) in spec.items():
+                try:
+                    values[key] = check(values[key])
+                except _Invalid as exc:
+                    found.append(f"{name}.{key}: {exc}")
+        analysis = self._sections["analysis"]._values
+        if not found and analysis["lmin"] >= analysis["lmax"]:
+            found.append(f"analysis.lmin: expected lmin < lmax, got {analysis['lmin']} >= {analysis['lmax']}")
+        if analysis.get("nu_bins") and len(analysis["nu_bins"]) == 3:
+            lo, hi, nbin = analysis["nu_bins"]
+            if not (lo < hi and float(nbin).is_integer() and nbin >= 1):
+                found.append(f"analysis.nu_bins: expected [nu_min, nu_max, nbin] with nu_min < nu_max and "
+                             f"an integer nbin >= 1, got {analysis['nu_bins']}")
+        return found
+
+    def validate(self) -> "ProcessingConfig":
+        """Raise one ConfigError listing every problem; return self when the config is valid."""
+        found = self.problems()
+        if found:
+            raise ConfigError(found, self.source)
+        return self
+
+    # -- derived values --------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        out = copy.deepcopy(self._top)
+        out.update({name: section.to_dict() for name, section in self._sections.items()})
+        return out
+
+    def science_hash(self) -> str:
+        """sha256 of the science-relevant keys (SCIENCE_KEYS): a resumed run must match it."""
+        science = {name: {key: self._sections[name]._values[key] for key in keys}
+                   for name, keys in SCIENCE_KEYS.items()}
+        science["seed"] = self._top["seed"]
+        blob = json.dumps(science, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    @property
+    def checkpoint_root(self) -> Path:
+        """``pipeline.checkpoint_dir`` or ``{output_dir}/checkpoints``."""
+        chosen = self._sections["pipeline"]._values["checkpoint_dir"]
+        return Path(chosen) if chosen else Path(self._top["output_dir"]) / "checkpoints"
+
+    def __repr__(self):
+        return f"ProcessingConfig({self.to_dict()})"

@@ -1,0 +1,37 @@
+"""Sum reductions of large numpy arrays, chunked below the 2**31-element MPI count limit."""
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from lensing_ssc.parallel.comm import Comm
+
+# 2**30 elements per message keeps every count and byte offset comfortably inside int32 limits for
+# element types up to 8 bytes... and leaves headroom for implementations counting bytes in int64.
+MAX_ELEMENTS_PER_MESSAGE = 2 ** 30
+
+
+def allreduce_sum(array: np.ndarray, comm: Comm, max_elements: int = MAX_ELEMENTS_PER_MESSAGE) -> np.ndarray:
+    """Element-wise sum over ranks, in place, in chunks of at most ``max_elements`` (collective)."""
+    flat = array.reshape(-1)
+    if not flat.flags.c_contiguous:
+        raise ValueError("array: expected a C-contiguous array")
+    for start in range(0, flat.size, max_elements):
+        chunk = flat[start:start + max_elements]
+        comm.mpi.Allreduce(MPI.IN_PLACE, chunk, op=MPI.SUM)
+    return array
+
+
+def reduce_sum_to_root(array: np.ndarray, comm: Comm, root: int = 0,
+                       max_elements: int = MAX_ELEMENTS_PER_MESSAGE) -> np.ndarray:
+    """Element-wise sum over ranks onto ``root`` (in place there), chunked (collective)."""
+    flat = array.reshape(-1)
+    if not flat.flags.c_contiguous:
+        raise ValueError("array: expected a C-contiguous array")
+    for start in range(0, flat.size, max_elements):
+        chunk = flat[start:start + max_elements]
+        if comm.rank == root:
+            comm.mpi.Reduce(MPI.IN_PLACE, chunk, op=MPI.SUM, root=root)
+        else:
+            comm.mpi.Reduce(chunk, None, op=MPI.SUM, root=root)
+    return array
