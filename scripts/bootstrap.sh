@@ -12,7 +12,7 @@ STAMP="$VENV/.bootstrap-stamp"
 log() { printf '[bootstrap] %s\n' "$*"; }
 
 # 1. Debian packages (skip those already installed).
-APT_PKGS="openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config"
+APT_PKGS="openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config healpy-data"
 missing=""
 for p in $APT_PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -15,16 +15,22 @@ and non-overlapping shells are uncorrelated in Limber, so C^kappa_ell = sum_i Wb
 
 Units: the Wbar_i are dimensionless (computed in Mpc, §3.1). C^i_ell is evaluated with distances in
 **Mpc/h**, k in **h/Mpc** and P in **(Mpc/h)^3** (the units of ``pk_of_k_z``); the ratio is
-dimensionless, so no h enters the result. Limber needs ell >> chi_i/dchi_i for a shell (ell of a few
-hundred for the 0.01-in-a shells); below that it overestimates a thin shell's power.
+dimensionless, so no h enters the result. For a single shell Limber needs ell >> chi_i/dchi_i
+(15-45 for the 0.01-in-a shells of §2.1); below that C^i_ell is only approximate.
 """
 from __future__ import annotations
 
+import os
+
 import healpy as hp
 import numpy as np
+from astropy.io import fits
 
 from lensing_ssc.core.cosmology import redshift_at_comoving_distance_mpc
 from lensing_ssc.science.born import born_weights, shell_distances_mpc
+
+# Pixel-window tables of the Debian package healpy-data (flat layout pixel_window_nNNNN.fits).
+DEBIAN_HEALPY_DATA = "/usr/share/healpy/data"
 
 
 def _ell_array(ell) -> np.ndarray:
@@ -110,13 +116,26 @@ def shot_noise_cl(weights, mean_particles_per_pixel, npix: int) -> float:
     return float(4.0 * np.pi / npix * np.sum(w[used] ** 2 / nbar[used]))
 
 
-def pixel_window(nside: int, lmax: int) -> np.ndarray:
-    """HEALPix pixel window function W_ell (ell = 0..lmax, shape (lmax+1,)) from healpy.
+def pixel_window(nside: int, lmax: int, datapath: str | None = None) -> np.ndarray:
+    """HEALPix pixel window function W_ell (ell = 0..lmax, shape (lmax+1,)), the tabulated HEALPix one.
 
     A map of pixel-averaged field values has C^map_ell ~ W_ell^2 C_ell (+ the white shot noise).
+    The table ``pixel_window_n{nside:04d}.fits`` is read from ``datapath`` if given, else from the
+    Debian package ``healpy-data`` (``/usr/share/healpy/data``, works offline) when installed, else
+    through ``healpy.pixwin``, which downloads it into the astropy cache (needs network once).
     """
-    if not hp.isnsideok(nside):
+    if not hp.isnsideok(nside, nest=True):
         raise ValueError(f"nside must be a power of 2, got {nside!r}")
     if int(lmax) != lmax or lmax < 0:
         raise ValueError(f"lmax must be an integer >= 0, got {lmax!r}")
-    return hp.pixwin(int(nside), lmax=int(lmax))
+    directory = datapath if datapath is not None else DEBIAN_HEALPY_DATA
+    table = os.path.join(directory, f"pixel_window_n{int(nside):04d}.fits")
+    if os.path.isfile(table):
+        window = fits.getdata(table).field(0)  # same column healpy.pixwin returns
+    elif datapath is not None:
+        raise ValueError(f"datapath {datapath!r} has no pixel window table {os.path.basename(table)}")
+    else:
+        window = hp.pixwin(int(nside))
+    if window.size <= lmax:
+        raise ValueError(f"lmax must be < {window.size} for the nside {nside} pixel window, got {lmax}")
+    return np.asarray(window[: int(lmax) + 1], dtype=np.float64)

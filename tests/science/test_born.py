@@ -89,13 +89,12 @@ def test_zero_weight_beyond_source(cosmo):
 
 
 def test_sheet_straddling_source_is_not_split(cosmo):
-    # zs = 0.98 lies inside sheet 50 (z 0.961..1.000) but beyond its chi_mid: full-width weight, no split.
-    _, chi2, chi_mid = shell_distances_mpc(cosmo, 0.50, 0.51)
-    chi_s = comoving_distance_mpc(cosmo, 0.98)
-    assert chi2 < chi_mid < chi_s
-    w = born_weights(cosmo, 0.50, 0.51, 0.98)
-    chi1, chi2, _ = shell_distances_mpc(cosmo, 0.50, 0.51)
-    assert w == pytest.approx(lensing_kernel_per_mpc(cosmo, chi_mid, 0.98) * (chi1 - chi2), rel=1e-14)
+    # zs = 0.99 lies inside sheet 50 (z 0.961..1.000), beyond its chi_mid: full-width weight, no split.
+    chi1, chi2, chi_mid = shell_distances_mpc(cosmo, 0.50, 0.51)
+    assert chi2 < chi_mid < comoving_distance_mpc(cosmo, 0.99) < chi1
+    w = born_weights(cosmo, 0.50, 0.51, 0.99)
+    assert w > 0
+    assert w == pytest.approx(lensing_kernel_per_mpc(cosmo, chi_mid, 0.99) * (chi1 - chi2), rel=1e-14)
 
 
 def test_sum_of_weights_approaches_continuous_integral(cosmo):
