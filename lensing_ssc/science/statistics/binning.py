@@ -93,6 +93,17 @@ def multipole_bin_index(ell, l_edges):
     return np.where(index >= l_edges.size - 1, -1, index)
 
 
+def bin_mean(sums, hits):
+    """Per-bin mean ``sums / hits``, 0 for a bin with no hits (lenstools leaves those at 0).
+
+    ``sums`` (float) and ``hits`` (int) have shape (nbin,); returns float64, shape (nbin,).
+    """
+    mean = np.zeros(np.shape(sums), dtype=np.float64)
+    filled = hits > 0
+    mean[filled] = sums[filled] / hits[filled]
+    return mean
+
+
 def _check_nbin(nbin):
     if isinstance(nbin, bool) or not isinstance(nbin, (int, np.integer)) or nbin < 1:
         raise ValueError(f"nbin: expected an integer >= 1, got {nbin!r}")

@@ -29,7 +29,7 @@ import numbers
 
 import numpy as np
 
-from .binning import multipole_bin_index, validate_edges
+from .binning import bin_mean, multipole_bin_index, validate_edges
 from .power_spectrum import check_rfft2, check_side, fundamental_multipole, patch_rfft2
 
 # Constants of the lenstools C rotator (double precision literals of k1tok2_equilateral).
@@ -70,6 +70,7 @@ def bispectrum_from_fft(fft_rfft2, N, patch_size_deg, l_edges, configuration, ra
     numpy.ndarray, float64, shape (nbin,)
         Raw ``B_k`` (kappa**3 sr**2); see :func:`dimensionless_bispectrum`.
     """
+    N = check_side(N)
     fft_rfft2 = check_rfft2(fft_rfft2, N)
     if N % 2:
         raise ValueError(f"N: expected an even patch side for the bispectrum, got {N}")
@@ -108,10 +109,7 @@ def bispectrum_from_fft(fft_rfft2, N, patch_size_deg, l_edges, configuration, ra
     hits = np.bincount(bins[keep], minlength=nbin)
     theta_rad = float(patch_size_deg) * np.pi / 180.0
     normalization = theta_rad ** 4 / float(N) ** 6
-    bispec = np.zeros(nbin, dtype=np.float64)
-    filled = hits > 0
-    bispec[filled] = normalization * sums[filled] / hits[filled]
-    return bispec
+    return bin_mean(normalization * sums, hits)
 
 
 def bispectrum(patch, patch_size_deg, l_edges, configuration, ratio=None):
@@ -144,11 +142,13 @@ def dimensionless_bispectrum(bispec, ell):
     """``abs(bispec * ell**4 / (2 pi)**2)``: the stored bispectra of SCIENCE.md §6.3.
 
     Note the absolute value (the original stores ``|B| ell^4 / (2 pi)^2``, sign discarded).
+    ``bispec`` has shape (..., nbin) (e.g. one row per patch) and ``ell`` the bin centres, (nbin,).
     """
     bispec = np.asarray(bispec, dtype=np.float64)
     ell = np.asarray(ell, dtype=np.float64)
-    if bispec.shape != ell.shape:
-        raise ValueError(f"bispec, ell: expected equal shapes, got {bispec.shape} and {ell.shape}")
+    if ell.ndim != 1 or bispec.shape[-1:] != ell.shape:
+        raise ValueError(f"bispec, ell: expected shapes (..., nbin) and (nbin,), "
+                         f"got {bispec.shape} and {ell.shape}")
     return np.abs(bispec * ell ** 4 / (2.0 * np.pi) ** 2)
 
 

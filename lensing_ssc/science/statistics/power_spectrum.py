@@ -16,11 +16,12 @@ conventions (bin rule, normalisation, mode counting) must be reproduced exactly.
 (:mod:`lensing_ssc.science.statistics.bispectrum`).
 """
 import functools
+import numbers
 
 import numpy as np
 import scipy.fft
 
-from .binning import multipole_bin_index, validate_edges
+from .binning import bin_mean, multipole_bin_index, validate_edges
 
 
 def patch_rfft2(patch):
@@ -92,6 +93,7 @@ def power_spectrum_from_fft(fft_rfft2, N, patch_size_deg, l_edges):
         ``P_k`` in sr (kappa**2 sr): ``(theta_rad / N**2)**2 * mean |F|**2`` per bin, 0 for
         a bin without modes.
     """
+    N = check_side(N)
     fft_rfft2 = check_rfft2(fft_rfft2, N)
     fundamental_multipole(patch_size_deg)  # validates patch_size_deg
     edges = validate_edges(l_edges, "l_edges")
@@ -102,7 +104,7 @@ def power_spectrum_from_fft(fft_rfft2, N, patch_size_deg, l_edges):
     sums = np.bincount(bin_index, weights=mode_power, minlength=edges.size - 1)
     theta_rad = float(patch_size_deg) * np.pi / 180.0
     normalization = (theta_rad / (N * N)) ** 2
-    return _bin_average(normalization * sums, hits)
+    return bin_mean(normalization * sums, hits)
 
 
 def power_spectrum(patch, patch_size_deg, l_edges):
@@ -127,19 +129,24 @@ def power_spectrum(patch, patch_size_deg, l_edges):
 
 
 def dimensionless_cl(power, ell):
-    """``ell * (ell + 1) * power / (2 pi)``: the stored ``cl`` of SCIENCE.md §6.2 (dimensionless)."""
+    """``ell * (ell + 1) * power / (2 pi)``: the stored ``cl`` of SCIENCE.md §6.2 (dimensionless).
+
+    ``power`` has shape (..., nbin) (e.g. one row per patch) and ``ell`` the bin centres, (nbin,).
+    """
     power = np.asarray(power, dtype=np.float64)
     ell = np.asarray(ell, dtype=np.float64)
-    if power.shape != ell.shape:
-        raise ValueError(f"power, ell: expected equal shapes, got {power.shape} and {ell.shape}")
+    if ell.ndim != 1 or power.shape[-1:] != ell.shape:
+        raise ValueError(f"power, ell: expected shapes (..., nbin) and (nbin,), "
+                         f"got {power.shape} and {ell.shape}")
     return ell * (ell + 1.0) * power / (2.0 * np.pi)
 
 
 def fundamental_multipole(patch_size_deg):
     """Fundamental multipole ``lpix = 360 / patch_size_deg`` (= 2 pi / theta_rad) of a patch."""
-    if isinstance(patch_size_deg, bool) or not np.isscalar(patch_size_deg) \
+    if isinstance(patch_size_deg, bool) or not isinstance(patch_size_deg, numbers.Real) \
             or not np.isfinite(patch_size_deg) or not 0 < patch_size_deg <= 180:
-        raise ValueError(f"patch_size_deg: expected a finite side in degrees in (0, 180], got {patch_size_deg!r}")
+        raise ValueError("patch_size_deg: expected a finite side in degrees in (0, 180], "
+                         f"got {patch_size_deg!r}")
     return 360.0 / float(patch_size_deg)
 
 
@@ -160,14 +167,6 @@ def check_rfft2(fft_rfft2, N):
     if not np.iscomplexobj(fft_rfft2):
         raise ValueError(f"fft_rfft2: expected a complex array (rfft2 output), got dtype {fft_rfft2.dtype}")
     return np.ascontiguousarray(fft_rfft2, dtype=np.complex128)
-
-
-def _bin_average(weighted_sums, hits):
-    """``weighted_sums / hits`` per bin, 0 where a bin has no hits (lenstools leaves those at 0)."""
-    average = np.zeros(weighted_sums.shape, dtype=np.float64)
-    filled = hits > 0
-    average[filled] = weighted_sums[filled] / hits[filled]
-    return average
 
 
 @functools.lru_cache(maxsize=16)
