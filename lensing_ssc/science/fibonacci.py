@@ -12,6 +12,10 @@ from scipy.spatial.transform import Rotation
 
 GOLDEN_RATIO = (1.0 + np.sqrt(5.0)) / 2.0
 
+# Lattice sizes of the original's centre files ``fibonacci_points_{S}.txt`` (SCIENCE.md §4.1).  They
+# define the published patch sets; fibonacci_point_count reproduces all but S = 5 (see there).
+ORIGINAL_POINT_COUNTS = {5: 1083, 10: 273, 15: 121, 20: 67, 25: 43, 30: 31}
+
 
 def _check_patch_size(patch_size_deg: float) -> float:
     """Return ``patch_size_deg`` as float; it must leave some sky after the pole cut (0 < S*sqrt2 < 90 deg)."""
@@ -97,3 +101,47 @@ def _lattice_is_feasible(n_points: int, patch_size_deg: float, nside: int) -> bo
     theta, phi = fibonacci_grid(n_points)
     keep = valid_centers(theta, phi, patch_size_deg)
     return footprints_disjoint(theta[keep], phi[keep], patch_size_deg, nside)
+
+
+def fibonacci_point_count(patch_size_deg: float, nside: int = 1024) -> int:
+    """Largest odd lattice size N whose valid (pole-cut) patches have pairwise disjoint footprints.
+
+    Feasibility is that of SCIENCE.md §4.2: footprint pixels from ``hp.query_polygon(nside, ...,
+    nest=True, inclusive=False)``, no pixel may belong to two patches.  Feasibility is not monotonic
+    in N (for S = 5 deg at nside 1024, 1093 fails but 1095 and 1101 pass), so instead of the
+    original's bisection this scans odd N downwards from an area bound: above it the valid
+    footprints (flat area ``radians(S)**2`` each, an underestimate of the spherical area) would
+    cover more than 1.1 x the sphere, so they must overlap.  Infeasible N fail at their first
+    overlap, which keeps the scan cheap.  For S = 10, 15, 20, 25, 30 deg at nside 1024 this gives
+    the original's 273, 121, 67, 43, 31 (the bisection's answers there too); for S = 5 it gives 1101
+    where the original file has 1083 (feasible, but not the largest; see ``patch_centers``).
+    Coarser nside does not reproduce these counts (at nside 256, S = 10 gives 277).
+    """
+    size = _check_patch_size(patch_size_deg)
+    if isinstance(nside, bool) or not isinstance(nside, (int, np.integer)) or not hp.isnsideok(nside, nest=True):
+        raise ValueError(f"nside must be a power of 2, got {nside!r}")
+    pole_cut = np.radians(size) * np.sqrt(2.0)
+    # The valid fraction of a lattice is ~cos(pole_cut) (the sky area between the cuts).
+    n_start = int(1.1 * 4 * np.pi / (np.radians(size) ** 2 * np.cos(pole_cut)))
+    n_start += 1 - n_start % 2  # odd
+    for n_points in range(n_start, 2, -2):
+        if _lattice_is_feasible(n_points, size, nside):
+            return n_points
+    raise ValueError(f"no lattice of >= 3 points is feasible for patch_size_deg={patch_size_deg}")
+
+
+def patch_centers(patch_size_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Valid patch centres ``(theta, phi)`` [rad], each shape (P,), in lattice (ascending k) order.
+
+    The lattice size is the original's for the sizes of ``ORIGINAL_POINT_COUNTS`` (S = 10 deg:
+    273 points, P = 265; S = 5 deg keeps the original 1083 although the optimiser finds 1101), and
+    ``fibonacci_point_count(S)`` at nside 1024 otherwise.
+    """
+    size = _check_patch_size(patch_size_deg)
+    if size.is_integer() and int(size) in ORIGINAL_POINT_COUNTS:
+        n_points = ORIGINAL_POINT_COUNTS[int(size)]
+    else:
+        n_points = fibonacci_point_count(size)
+    theta, phi = fibonacci_grid(n_points)
+    keep = valid_centers(theta, phi, size)
+    return theta[keep], phi[keep]
