@@ -44,11 +44,9 @@ def discover_entry_points() -> None:
     _DISCOVERED = True
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
-            plugin = entry_point.load()
+            register_pipeline_plugin(entry_point.name)(entry_point.load())
         except Exception as exc:  # a broken third-party plugin must not break the pipeline
             log.warning("plugin entry point %s could not be loaded: %s", entry_point.name, exc)
-            continue
-        register_pipeline_plugin(entry_point.name)(plugin)
 
 
 def get_plugin(name: str) -> Type:

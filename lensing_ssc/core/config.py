@@ -379,10 +379,12 @@ class ProcessingConfig:
                     values[key] = check(values[key])
                 except _Invalid as exc:
                     found.append(f"{name}.{key}: {exc}")
+        # Cross-key checks run only on keys that passed their own check (so they compare numbers).
+        bad_keys = {problem.split(":", 1)[0] for problem in found}
         analysis = self._sections["analysis"]._values
-        if not found and analysis["lmin"] >= analysis["lmax"]:
+        if not bad_keys & {"analysis.lmin", "analysis.lmax"} and analysis["lmin"] >= analysis["lmax"]:
             found.append(f"analysis.lmin: expected lmin < lmax, got {analysis['lmin']} >= {analysis['lmax']}")
-        if analysis.get("nu_bins") and len(analysis["nu_bins"]) == 3:
+        if "analysis.nu_bins" not in bad_keys:
             lo, hi, nbin = analysis["nu_bins"]
             if not (lo < hi and float(nbin).is_integer() and nbin >= 1):
                 found.append(f"analysis.nu_bins: expected [nu_min, nu_max, nbin] with nu_min < nu_max and "

@@ -13,9 +13,9 @@ MAX_ELEMENTS_PER_MESSAGE = 2 ** 30
 
 def allreduce_sum(array: np.ndarray, comm: Comm, max_elements: int = MAX_ELEMENTS_PER_MESSAGE) -> np.ndarray:
     """Element-wise sum over ranks, in place, in chunks of at most ``max_elements`` (collective)."""
-    flat = array.reshape(-1)
-    if not flat.flags.c_contiguous:
+    if not array.flags.c_contiguous:  # reshape would copy, and the sum would miss ``array``
         raise ValueError("array: expected a C-contiguous array")
+    flat = array.reshape(-1)
     for start in range(0, flat.size, max_elements):
         chunk = flat[start:start + max_elements]
         comm.mpi.Allreduce(MPI.IN_PLACE, chunk, op=MPI.SUM)
@@ -25,9 +25,9 @@ def allreduce_sum(array: np.ndarray, comm: Comm, max_elements: int = MAX_ELEMENT
 def reduce_sum_to_root(array: np.ndarray, comm: Comm, root: int = 0,
                        max_elements: int = MAX_ELEMENTS_PER_MESSAGE) -> np.ndarray:
     """Element-wise sum over ranks onto ``root`` (in place there), chunked (collective)."""
-    flat = array.reshape(-1)
-    if not flat.flags.c_contiguous:
+    if not array.flags.c_contiguous:  # reshape would copy, and the sum would miss ``array``
         raise ValueError("array: expected a C-contiguous array")
+    flat = array.reshape(-1)
     for start in range(0, flat.size, max_elements):
         chunk = flat[start:start + max_elements]
         if comm.rank == root:

@@ -1,0 +1,60 @@
+"""The lensing-ssc command line: help, version, validate, run --stages, and one message under mpiexec."""
+import pytest
+
+from conftest import REPO, run_cli
+from lensing_ssc import __version__
+from lensing_ssc.cli import main
+
+SEED_YAML = REPO / "configs" / "processing.yaml"
+
+
+def test_help_lists_the_subcommands():
+    done = run_cli(["--help"])
+    assert done.returncode == 0, done.stderr
+    for command in ("run", "mock", "preprocess", "kappa", "analyze", "validate"):
+        assert command in done.stdout
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lensing_ssc {__version__}"
+
+
+def test_missing_config_argument_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["validate"])
+    assert caught.value.code == 2
+    assert "config" in capsys.readouterr().err
+
+
+def test_validate_accepts_the_seed_config():
+    done = run_cli(["validate", SEED_YAML])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{SEED_YAML}: configuration is valid"
+
+
+def test_run_with_unknown_stage_fails_before_running_anything(tmp_path):
+    done = run_cli(["run", SEED_YAML, "--stages", "preprocess,bogus,nope"], cwd=tmp_path)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines == ["lensing-ssc: error: --stages: unknown stage(s) bogus, nope; "
+                     "expected some of mock, preprocess, kappa, analyze, plot"]
+    assert list(tmp_path.iterdir()) == []  # no output directory, no checkpoints
+
+
+def test_bad_config_under_mpi_fails_with_one_message(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pipeline:\n  batch_size: 0\n")
+    done = run_cli(["validate", bad], nranks=2)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("lensing-ssc: error:") == 1, done.stderr
+    assert f"{bad}: config error: pipeline.batch_size: expected an integer >= 1, got 0" in done.stderr
+
+
+def test_valid_config_under_mpi_is_validated_once():
+    """Rank 0 reads the config and broadcasts the ProcessingConfig object."""
+    done = run_cli(["validate", SEED_YAML], nranks=2)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("configuration is valid") == 1
