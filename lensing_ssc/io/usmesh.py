@@ -15,6 +15,7 @@ Pixel ids are NESTED although FastPM labels them "RING" (SCIENCE.md Decision 2).
 two light-cone events appears as two runs of rows with the same IDs: callers must sum (bincount).
 """
 import logging
+import math
 import os
 import re
 
@@ -40,13 +41,25 @@ class UsmeshError(ValueError):
     """A usmesh BigFile is missing something or is inconsistent (message names the path and item)."""
 
 
+# what each attr read here holds (for error messages)
+_EXPECTED_ATTRS = {
+    "healpix.npix": "the number of HEALPix pixels, 12 nside^2",
+    "healpix.nslices": "the number of scale-factor slices",
+    "aemitIndex.edges": "the nslices + 1 scale-factor slice edges",
+    "aemitIndex.offset": "the nslices + 3 row offsets of the slices",
+    "BoxSize": "the box side in Mpc/h",
+    "NC": "the number of particles per box side",
+    "MassTable": "the particle mass per species, 1e10 Msun/h",
+    "OmegaM": "the matter density parameter",
+    "HubbleParam": "h",
+}
+
+
 def _unwrap_attr(value):
-    """BigFile attr value -> str for character arrays, Python scalar for 1-element arrays, else array."""
+    """BigFile attr value -> str for character attrs, Python scalar for 1-element arrays, else array."""
     if isinstance(value, list):  # bigfile returns <S1/<a1 attrs as a list of 1-char strings
         return "".join(value).rstrip("\x00")
     array = np.asarray(value)
-    if array.dtype.kind in "SU":
-        return b"".join(array.astype("S1").tolist()).decode("ascii", "replace").rstrip("\x00")
     if array.size == 1:
         return array.reshape(()).item()
     return array
@@ -122,7 +135,9 @@ class UsmeshCatalog:
             return self._attrs[name]
         except KeyError:
             where = where or f"'{HEADER_BLOCK}' or '{self.block}'"
-            raise UsmeshError(f"{self.path}: missing attr '{name}' in block {where}") from None
+            expected = _EXPECTED_ATTRS.get(name, "a FastPM usmesh attr")
+            raise UsmeshError(f"{self.path}: missing attr '{name}' in block {where} "
+                              f"(expected {expected})") from None
 
     def _scalar(self, name, kind, where=None):
         value = self._attr(name, where)
@@ -156,11 +171,11 @@ class UsmeshCatalog:
     def nside(self):
         """HEALPix nside derived from npix; UsmeshError if npix != 12 nside^2."""
         npix = self.npix
-        try:
-            return hp.npix2nside(npix)
-        except ValueError:
-            raise UsmeshError(f"{self.path}: attr 'healpix.npix' = {npix} is not 12 nside^2 for a "
-                              "power-of-two nside") from None
+        nside = math.isqrt(npix // 12)
+        if 12 * nside * nside != npix or not hp.isnsideok(nside, nest=True):
+            raise UsmeshError(f"{self.path}: attr 'healpix.npix' = {npix} is not 12 nside^2 with a "
+                              "power-of-two nside (NEST pixel ids need one)")
+        return nside
 
     @property
     def aemit_edges(self):
@@ -194,8 +209,8 @@ class UsmeshCatalog:
                               f"nslices + 3 = {expected}")
         if offsets[0] != 0 or np.any(np.diff(offsets) < 0):
             raise UsmeshError(f"{self.path}: attr 'aemitIndex.offset' must start at 0 and be non-decreasing")
-        if offsets[-1] > self.nrows:
-            raise UsmeshError(f"{self.path}: attr 'aemitIndex.offset' ends at {offsets[-1]}, past the "
+        if offsets[-1] != self.nrows:
+            raise UsmeshError(f"{self.path}: attr 'aemitIndex.offset' ends at {offsets[-1]}, expected the "
                               f"{self.nrows} rows of block '{self.block}/'")
         return offsets
 
@@ -257,6 +272,10 @@ class UsmeshCatalog:
         checks = ("npix", "nside", "nslices", "aemit_edges", "offsets", "box_size", "nc",
                   "particle_mass", "omega_m", "hubble_param")
         problems = []
+        required = _HEALPIX_COLUMNS if self.dataset == HEALPIX_DATASET else _PARTICLE_COLUMNS
+        sizes = {name: int(self._column(name).size) for name in required}
+        if len(set(sizes.values())) > 1:
+            problems.append(f"{self.path}: columns of block '{self.block}/' differ in length: {sizes}")
         for name in checks:
             try:
                 getattr(self, name)
@@ -303,8 +322,9 @@ class UsmeshCatalog:
         # FastPM's C code multiplies in float32: float64 floor moves particles with Aemit = k/nslices.
         return (rows["Aemit"] * np.float32(self.nslices)).astype(np.int64)
 
-    def _read_rows(self, start, stop):
-        names = _HEALPIX_COLUMNS if self.dataset == HEALPIX_DATASET else _PARTICLE_COLUMNS
+    def _read_rows(self, start, stop, names=None):
+        if names is None:
+            names = _HEALPIX_COLUMNS if self.dataset == HEALPIX_DATASET else _PARTICLE_COLUMNS
         return {name: self._column(name)[start:stop] for name in names}
 
     def _pixels_and_masses(self, rows, keep):
@@ -340,7 +360,8 @@ class UsmeshCatalog:
     def _check_range_boundaries(self, i, start, stop):
         outside = [row for row in (start - 1, stop) if 0 <= row < self.nrows]
         for row in outside:
-            if self._slice_ids(self._read_rows(row, row + 1))[0] == i:
+            slice_column = "ID" if self.dataset == HEALPIX_DATASET else "Aemit"
+            if self._slice_ids(self._read_rows(row, row + 1, (slice_column,)))[0] == i:
                 raise UsmeshError(f"{self.path}: row {row} just outside rows [{start}, {stop}) of slice {i} "
                                   "(from attr 'aemitIndex.offset' and the margin) still belongs to slice "
                                   f"{i}; the offsets are inconsistent with the data, increase margin")

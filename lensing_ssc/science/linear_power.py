@@ -75,6 +75,21 @@ def linear_growth_factor(a, omega_m=0.309):
     return unnormalised(a) / unnormalised(1.0)
 
 
+def linear_growth_rate(a, omega_m=0.309):
+    """Logarithmic growth rate f = dln D / dln a of flat LCDM (w = -1, no radiation), any shape of a.
+
+    Exact derivative of the hypergeometric solution used by :func:`linear_growth_factor`:
+    f = 1 - (6/11) x 2F1(4/3, 2; 17/6; -x) / 2F1(1/3, 1; 11/6; -x), x = a^3 Omega_L / Omega_m.
+    """
+    if not 0.0 < omega_m <= 1.0:
+        raise ValueError(f"omega_m must be in (0, 1], got {omega_m}")
+    a = np.asarray(a, dtype=np.float64)
+    if np.any(a <= 0.0):
+        raise ValueError("a (scale factor) must be > 0")
+    x = (1.0 - omega_m) / omega_m * a ** 3
+    return 1.0 - 6.0 / 11.0 * x * hyp2f1(4.0 / 3.0, 2.0, 17.0 / 6.0, -x) / hyp2f1(1.0 / 3.0, 1.0, 11.0 / 6.0, -x)
+
+
 def top_hat_sigma(k_hmpc, power, radius_mpc_h):
     """RMS of the density field smoothed with a real-space top-hat of radius_mpc_h [Mpc/h].
 
