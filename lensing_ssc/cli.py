@@ -27,6 +27,7 @@ def setup_logging(level: str, rank: int) -> None:
         level=getattr(logging, level) if rank == 0 else max(getattr(logging, level), logging.WARNING),
         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    logging.getLogger("healpy").setLevel(logging.WARNING)  # it logs every FITS header it reads
 
 
 def load_config(path: str, args) -> ProcessingConfig:

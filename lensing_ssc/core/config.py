@@ -175,16 +175,20 @@ SECTIONS: Dict[str, Dict[str, Tuple[Any, Callable]]] = {
         "exclude_flagged_patches": (False, _bool),
         "centers": (None, _optional(_list_of(_list_of(_number(), exact_len=2), min_len=1))),
     },
-    "mock": {
-        "nside": (64, _int(lo=1)),
+    "mock": {  # defaults of lensing_ssc.mock.lightcone.mock_config_defaults()
+        "nside": (128, _int(lo=1)),
         "box_size": (500.0, _number(lo=0, lo_open=True)),
         "nc": (64, _int(lo=2)),
         "z_max": (1.5, _number(lo=0, lo_open=True)),
         "nslices": (100, _int(lo=1)),
         "power_spectrum": ("eisenstein_hu", _choice("eisenstein_hu")),
-        "seed": (42, _int(lo=0)),
+        "seed": (100, _int(lo=0)),
         "field": ("lognormal", _choice("lognormal", "gaussian")),
         "with_particles": (False, _bool),
+        "particles_per_cell": (0.125, _number(lo=0, lo_open=True)),
+        "nevents": (2, _int(lo=1)),
+        "sigma8": (0.8159, _number(lo=0, lo_open=True)),
+        "enabled": (False, _bool),
     },
     "cosmology": {
         "H0": (67.74, _number(lo=0, lo_open=True)),
@@ -294,6 +298,7 @@ class ProcessingConfig:
         problems: List[str] = []
         for key, value in values.items():
             if key in SECTIONS:
+                value = {} if value is None else value  # a YAML section with every key commented out
                 if not isinstance(value, dict):
                     problems.append(f"{key}: expected a mapping of keys, got {value!r}")
                     continue

@@ -13,8 +13,10 @@ log = logging.getLogger("lensing_ssc.retry")
 T = TypeVar("T")
 
 # I/O hiccups on shared file systems surface as OSError; TransientError marks other retryable cases.
-# Validation, config and input errors are never retried.
+# Validation, config and input errors are never retried, nor are OSErrors that waiting cannot fix.
 RETRYABLE: Tuple[Type[BaseException], ...] = (TransientError, OSError)
+PERMANENT: Tuple[Type[BaseException], ...] = (FileNotFoundError, PermissionError, IsADirectoryError,
+                                              NotADirectoryError)
 
 
 def backoff_delays(max_retries: int, base_s: float, rng: random.Random):
@@ -26,7 +28,8 @@ def call_with_retries(func: Callable[[], T], max_retries: int, base_s: float, wh
                       sleep: Callable[[float], None] = time.sleep, rng: random.Random = None) -> Tuple[T, int]:
     """Call ``func``; on a retryable error wait and try again up to ``max_retries`` times.
 
-    Returns ``(result, retries_used)``. The last error is re-raised with the task named.
+    Returns ``(result, retries_used)``. After the last attempt the error is re-raised unchanged
+    (each retry is logged with ``what`` naming the task).
     """
     rng = rng or random.Random()
     delays = backoff_delays(max_retries, base_s, rng)
@@ -34,7 +37,7 @@ def call_with_retries(func: Callable[[], T], max_retries: int, base_s: float, wh
         try:
             return func(), attempt
         except RETRYABLE as exc:
-            if attempt == max_retries:
+            if attempt == max_retries or isinstance(exc, PERMANENT):
                 raise
             log.warning("%s failed (%s: %s); retry %d/%d in %.2f s", what, type(exc).__name__, exc,
                         attempt + 1, max_retries, delays[attempt])

@@ -1,4 +1,5 @@
 """Pipelines: BasePipeline and the stage pipelines (the seed's API)."""
+from lensing_ssc.processing.pipeline.analysis import AnalysisPipeline
 from lensing_ssc.processing.pipeline.base_pipeline import BasePipeline, PipelineResult
 
-__all__ = ["BasePipeline", "PipelineResult"]
+__all__ = ["AnalysisPipeline", "BasePipeline", "PipelineResult"]

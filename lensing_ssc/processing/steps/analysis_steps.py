@@ -1,0 +1,385 @@
+"""The analysis stage's five steps: kappa map loading, validation, patch extraction (task planning),
+statistical analysis (the per-patch tasks on all ranks), result aggregation and output writing.
+
+The seed's step names are kept: ``DataLoadingStep`` (kappa map loading), ``ValidationStep``,
+``PatchingStep`` (patch centres, flags and the task list) and ``StatisticsStep`` (extraction and
+statistics of every patch, checkpointed per batch of ``batch_size`` patches). Each step passes a dict
+to the next.
+
+Memory model: each rank reads the full-sky map it is working on (NEST -> RING once) and keeps one
+map at a time; its tasks are contiguous, so a rank reads each map at most once per run. We chose
+this over a per-node shared copy because it needs no MPI-3 shared-memory windows and the read is
+cheap next to the patch statistics; its price is one float64 map per rank (0.4 GiB at nside 2048,
+1.5 GiB at nside 4096). At nside 8192 (6 GiB) a per-node shared window is needed (DESIGN.md §5).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import h5py
+import healpy as hp
+import numpy as np
+
+from lensing_ssc import __version__
+from lensing_ssc.core.cosmology import comoving_distance_mpch, make_cosmology
+from lensing_ssc.core.errors import InputError
+from lensing_ssc.io.healpix_maps import read_header, read_nested_map
+from lensing_ssc.io.results import write_rows_file
+from lensing_ssc.parallel import get_comm, root_then_bcast, split_by_cost
+from lensing_ssc.plugins import get_plugin
+from lensing_ssc.processing.runner import StageRunner, Task
+from lensing_ssc.processing.steps.base import BaseStep
+from lensing_ssc.science.fibonacci import patch_centers
+from lensing_ssc.science.noise import noise_generator
+from lensing_ssc.science.patch_analysis import (BUILTIN_STATISTICS, PatchAnalysisSettings, analyse_patch,
+                                                summarise_rows)
+from lensing_ssc.science.patches import patch_pixel_indices, project_patch, replication_flags
+
+log = logging.getLogger("lensing_ssc.analysis")
+
+KAPPA_NAME = re.compile(r"kappa_zs(?P<zs>\d+(?:\.\d+)?)_s(?P<seed>\d+)\.fits$")
+STAGE = "analyze"
+
+
+@dataclass(frozen=True)
+class KappaMapInput:
+    """One full-sky kappa map to analyse: path, source redshift, simulation seed, nside, file size."""
+
+    path: str
+    zs: float
+    seed: int
+    nside: int
+    nbytes: int
+    box_size: Optional[float] = None
+
+    @property
+    def stats_name(self) -> str:
+        return f"stats_zs{self.zs}_s{self.seed}"
+
+
+def settings_from_config(config) -> PatchAnalysisSettings:
+    analysis = config.analysis
+    builtin = tuple(name for name in analysis.statistics if name in BUILTIN_STATISTICS)
+    return PatchAnalysisSettings(
+        patch_size_deg=analysis.patch_size_deg, xsize=analysis.xsize, ngal_list=tuple(analysis.ngal),
+        epsilon=analysis.epsilon, smoothing_arcmin=tuple(analysis.smoothing_lengths), lmin=analysis.lmin,
+        lmax=analysis.lmax, nbin=analysis.nbin, nu_range=tuple(analysis.nu_bins), statistics=builtin)
+
+
+def plugin_names(config) -> List[str]:
+    return [name for name in config.analysis.statistics if name not in BUILTIN_STATISTICS]
+
+
+def stats_path(config, kappa_map: KappaMapInput) -> Path:
+    side = config.analysis.patch_size_deg
+    side_text = str(int(side)) if float(side).is_integer() else str(side)
+    return Path(config.output_dir) / "stats" / f"{kappa_map.stats_name}_oa{side_text}.h5"
+
+
+def noise_base_seed(noise_seed: int, simulation_seed: int) -> int:
+    """One 32-bit base seed from ``analysis.noise_seed`` and the simulation seed (both recorded)."""
+    return int(np.random.SeedSequence([noise_seed, simulation_seed]).generate_state(1)[0])
+
+
+def _describe_map(path: Path) -> KappaMapInput:
+    match = KAPPA_NAME.search(path.name)
+    if not match:
+        raise InputError(f"{path}: expected a file name kappa_zs{{zs}}_s{{seed}}.fits")
+    header = read_header(path)
+    box_size = header.get("BOXSIZE")
+    return KappaMapInput(path=str(path), zs=float(match["zs"]), seed=int(match["seed"]),
+                         nside=int(header["NSIDE"]), nbytes=path.stat().st_size,
+                         box_size=float(box_size) if box_size is not None else None)
+
+
+class DataLoadingStep(BaseStep):
+    """Kappa map loading: finds the maps and reads their headers (rank 0, broadcast).
+
+    Input: None (maps in ``{output_dir}/kappa``, else in ``data_dir``), a directory, a FITS path
+    or a list of paths. Output: ``{"maps": [KappaMapInput, ...]}`` sorted by (zs, seed). Pixel data
+    are read later, by the rank that analyses the map.
+    """
+
+    retryable = False
+
+    def _candidates(self, input_data) -> List[Path]:
+        if input_data is None:
+            kappa_dir = Path(self.config.output_dir) / "kappa"
+            directories = [kappa_dir] + ([Path(self.config.data_dir)] if self.config.data_dir else [])
+            for directory in directories:
+                found = sorted(directory.glob("kappa_zs*_s*.fits"))
+                if found:
+                    return found
+            raise InputError(f"no kappa maps kappa_zs{{zs}}_s{{seed}}.fits in "
+                             f"{' or '.join(str(d) for d in directories)}")
+        if isinstance(input_data, (str, Path)):
+            path = Path(input_data)
+            if path.is_dir():
+                found = sorted(path.glob("kappa_zs*_s*.fits"))
+                if not found:
+                    raise InputError(f"{path}: no kappa maps kappa_zs{{zs}}_s{{seed}}.fits in this directory")
+                return found
+            return [path]
+        return [Path(p) for p in input_data]
+
+    def execute(self, input_data):
+        def load():
+            paths = self._candidates(input_data)
+            missing = [str(p) for p in paths if not p.is_file()]
+            if missing:
+                raise InputError(f"{missing[0]}: kappa map not found")
+            return sorted((_describe_map(p) for p in paths), key=lambda m: (m.zs, m.seed))
+        return {"maps": root_then_bcast(get_comm(), load)}
+
+
+class ValidationStep(BaseStep):
+    """Checks the inputs before any work: one nside for all maps, NESTED headers, finite pixels
+    (``preprocessing.validation_level: strict`` reads every map once on rank 0)."""
+
+    retryable = False
+
+    def validate_input(self, data) -> bool:
+        return isinstance(data, dict) and bool(data.get("maps"))
+
+    def execute(self, data):
+        def check():
+            nsides = {m.nside for m in data["maps"]}
+            if len(nsides) > 1:
+                raise InputError(f"kappa maps have different NSIDE values {sorted(nsides)}; expected one")
+            if self.config.preprocessing.validation_level == "strict":
+                for kappa_map in data["maps"]:
+                    values, _ = read_nested_map(kappa_map.path)
+                    if not np.all(np.isfinite(values)):
+                        raise InputError(f"{kappa_map.path}: map has {np.count_nonzero(~np.isfinite(values))} "
+                                         "non-finite pixels; expected finite kappa everywhere")
+            return True
+        root_then_bcast(get_comm(), check)
+        return data
+
+
+class PatchingStep(BaseStep):
+    """Patch extraction plan: centres (Fibonacci or ``analysis.centers``), replication flags and the
+    task list of each map — one task per ``batch_size`` patches. Maps whose results file exists with
+    the same science config are skipped."""
+
+    retryable = False
+
+    def validate_input(self, data) -> bool:
+        return isinstance(data, dict) and bool(data.get("maps"))
+
+    def execute(self, data):
+        config = self.config
+        side = config.analysis.patch_size_deg
+        if config.analysis.centers:
+            centers_deg = np.asarray(config.analysis.centers, dtype=np.float64)
+            theta, phi = np.radians(centers_deg[:, 0]), np.radians(centers_deg[:, 1])
+        else:
+            theta, phi = patch_centers(side)
+        cosmology = make_cosmology(config.cosmology.H0, config.cosmology.Om0)
+        flags = {}
+        for kappa_map in data["maps"]:
+            if kappa_map.box_size is None:
+                flags[kappa_map.path] = np.zeros(theta.size, dtype=bool)
+            else:
+                chi_max = float(comoving_distance_mpch(cosmology, kappa_map.zs))
+                flags[kappa_map.path] = replication_flags(theta, phi, side, kappa_map.box_size, chi_max)
+        todo = [m for m in data["maps"] if not self._already_done(m)]
+        skipped = len(data["maps"]) - len(todo)
+        if skipped and get_comm().is_root:
+            log.info("analyze: %d map(s) already analysed with this config; skipping them", skipped)
+        batch = config.batch_size
+        tasks = [Task(task_id=index, cost=min(first + batch, theta.size) - first,
+                      payload=(first, min(first + batch, theta.size)))
+                 for index, first in enumerate(range(0, theta.size, batch))]
+        self.outputs.extend(str(stats_path(config, m)) for m in data["maps"] if m not in todo)
+        return {**data, "todo": todo, "theta": theta, "phi": phi, "flags": flags, "tasks": tasks}
+
+    def _already_done(self, kappa_map: KappaMapInput) -> bool:
+        path = stats_path(self.config, kappa_map)
+        if self.config.pipeline.resume == "restart" or not path.is_file():
+            return False
+        try:
+            with h5py.File(path, "r") as handle:
+                return handle.attrs.get("config_hash") == self.config.science_hash()
+        except OSError:
+            return False
+
+
+class _RingMapCache:
+    """The map a rank is working on, RING-ordered (one map in memory at a time)."""
+
+    def __init__(self):
+        self.path = None
+        self.ring = None
+
+    def get(self, path: str) -> np.ndarray:
+        if path != self.path:
+            self.ring = None
+            nested, _ = read_nested_map(path)
+            self.ring = hp.reorder(nested, n2r=True)  # the one NEST -> RING conversion (Decision 2)
+            self.path = path
+        return self.ring
+
+
+class StatisticsStep(BaseStep):
+    """Statistical analysis of every patch, on all ranks, resumable per task (batch of patches).
+
+    Maps are analysed one after the other, each with its own checkpoint namespace
+    (``checkpoints/analyze/{stats name}``), so adding maps or finishing some never invalidates the
+    checkpoints of the others. Each task result holds, per results-file dataset path, the rows of
+    its patches (float64).
+    """
+
+    retryable = False
+
+    def validate_input(self, data) -> bool:
+        return isinstance(data, dict) and "tasks" in data
+
+    def execute(self, data):
+        config = self.config
+        settings = settings_from_config(config)
+        plugins = {name: get_plugin(name)() for name in plugin_names(config)}
+        cache = _RingMapCache()
+        side, xsize = settings.patch_size_deg, settings.xsize
+        runners = []
+        for kappa_map in data["todo"]:
+            base_seed = noise_base_seed(config.analysis.noise_seed, kappa_map.seed)
+
+            def process(task: Task, kappa_map=kappa_map, base_seed=base_seed) -> Dict[str, np.ndarray]:
+                ring = cache.get(kappa_map.path)
+                rows: Dict[str, List[np.ndarray]] = {}
+                for patch_index in range(*task.payload):
+                    indices = patch_pixel_indices(kappa_map.nside, data["theta"][patch_index],
+                                                  data["phi"][patch_index], side, xsize)
+                    patch = project_patch(ring, indices, xsize).astype(np.float64)
+
+                    def rng(ngal, patch_index=patch_index):
+                        return noise_generator(base_seed, kappa_map.zs, patch_index, ngal, "shape_noise")
+
+                    values = analyse_patch(patch, settings, rng)
+                    for name, plugin in plugins.items():
+                        produced = plugin.process(patch, config)
+                        values.update({f"plugins/{name}/{key}": np.asarray(v, dtype=np.float64)
+                                       for key, v in produced.items()})
+                    for path, value in values.items():
+                        rows.setdefault(path, []).append(np.asarray(value, dtype=np.float64))
+                return {path: np.stack(blocks) for path, blocks in rows.items()}
+
+            runner = StageRunner(config, f"{STAGE}/{Path(stats_path(config, kappa_map)).stem}")
+            identity = {"map": Path(kappa_map.path).name, "bytes": kappa_map.nbytes,
+                        "npatch": int(data["theta"].size)}
+            self.reports.append(runner.run(data["tasks"], process, identity))
+            runners.append(runner)
+        return {**data, "runners": runners}
+
+
+class ResultAggregationStep(BaseStep):
+    """Result aggregation: for each map, every rank collects the rows of a contiguous patch range from
+    the task checkpoints (whoever computed them, in this run or an earlier one)."""
+
+    retryable = False
+
+    def validate_input(self, data) -> bool:
+        return isinstance(data, dict) and "runners" in data
+
+    def execute(self, data):
+        comm, tasks = get_comm(), data["tasks"]
+        start, stop = split_by_cost([t.cost for t in tasks], comm.size)[comm.rank]
+        mine = tasks[start:stop]
+        per_map = []
+        for runner in data["runners"]:
+            blocks = [runner.load(t) for t in mine]
+            rows = {path: np.concatenate([b[path] for b in blocks]) for path in blocks[0]} if blocks else {}
+            # Every rank needs every dataset's per-patch shape to create the file collectively.
+            shapes = {path: value.shape[1:] for path, value in runner.load(tasks[0]).items()}
+            per_map.append({"first_row": mine[0].payload[0] if mine else 0, "rows": rows, "row_shapes": shapes})
+        return {**data, "aggregated": per_map}
+
+
+class OutputWritingStep(BaseStep):
+    """Output writing: one ``stats_zs{zs}_s{seed}_oa{S}.h5`` per map, written by all ranks (parallel
+    HDF5), with the original layout, provenance, patch centres and flags, and ``/summary``."""
+
+    retryable = False
+
+    def validate_input(self, data) -> bool:
+        return isinstance(data, dict) and "aggregated" in data
+
+    def execute(self, data):
+        config, comm = self.config, get_comm()
+        settings = settings_from_config(config)
+        npatch = int(data["theta"].size)
+        for kappa_map, aggregated in zip(data["todo"], data["aggregated"]):
+            flags = data["flags"][kappa_map.path]
+            row_shapes = {path: ((npatch,) + tuple(shape), "f4") for path, shape in aggregated["row_shapes"].items()}
+            my_rows = {path: block.astype(np.float32) for path, block in aggregated["rows"].items()}
+            exclude = config.analysis.exclude_flagged_patches
+            path = write_rows_file(
+                stats_path(config, kappa_map), self._static(settings, data, flags), row_shapes,
+                aggregated["first_row"], my_rows, self._attrs(settings, kappa_map, npatch, comm.size),
+                comm, finish=lambda handle, rows=list(row_shapes), flags=flags: _write_summary(
+                    handle, rows, ~flags if exclude else np.ones_like(flags)))
+            self.outputs.append(str(path))
+        return data
+
+    @staticmethod
+    def _static(settings: PatchAnalysisSettings, data, flags) -> Dict[str, np.ndarray]:
+        def as_int_if_whole(values):
+            values = np.asarray(values, dtype=np.float64)
+            return values.astype(np.int64) if np.all(values == np.round(values)) else values
+        return {
+            "metadata/parameters/ngal_list": np.asarray(settings.ngal_list, dtype=np.int64),
+            "metadata/parameters/sl_list": as_int_if_whole(settings.smoothing_arcmin),
+            "metadata/parameters/bins": settings.nu_edges,
+            "metadata/parameters/nu": 0.5 * (settings.nu_edges[1:] + settings.nu_edges[:-1]),
+            "metadata/parameters/l_edges": settings.l_edges,
+            "metadata/parameters/ell": settings.ell,
+            "patches/centers": np.column_stack([data["theta"], data["phi"]]),
+            "patches/replication_flag": np.asarray(flags, dtype=bool),
+        }
+
+    def _attrs(self, settings: PatchAnalysisSettings, kappa_map: KappaMapInput, npatch: int, nranks: int):
+        config = self.config
+        side = settings.patch_size_deg
+        return {
+            "/": {
+                "package": "lensing_ssc", "package_version": __version__, "config_hash": config.science_hash(),
+                "input_file": Path(kappa_map.path).name, "input_bytes": kappa_map.nbytes,
+                "nside": kappa_map.nside, "ordering": "NESTED", "zs": kappa_map.zs,
+                "simulation_seed": kappa_map.seed, "noise_seed": config.analysis.noise_seed,
+                "noise_base_seed": noise_base_seed(config.analysis.noise_seed, kappa_map.seed),
+                "noise_model": "one white-noise draw per (patch, ngal), shared by all statistics",
+                "cosmology_H0": config.cosmology.H0, "cosmology_Om0": config.cosmology.Om0,
+                "n_patches": npatch, "n_ranks": nranks,
+                "statistics": ",".join(config.analysis.statistics),
+                "box_size": kappa_map.box_size if kappa_map.box_size is not None else np.nan,
+            },
+            "metadata/parameters": {
+                "creation_date": str(np.datetime64("now")),
+                "patch_size_deg": int(side) if float(side).is_integer() else float(side),
+                "xsize": settings.xsize, "pixarea_arcmin2": settings.pixarea_arcmin2,
+                "lmin": int(settings.lmin) if float(settings.lmin).is_integer() else settings.lmin,
+                "lmax": int(settings.lmax) if float(settings.lmax).is_integer() else settings.lmax,
+                "nbin": settings.nbin, "epsilon": settings.epsilon,
+            },
+        }
+
+
+def _write_summary(handle: h5py.File, row_paths: List[str], include: np.ndarray) -> None:
+    """``/summary/{path}/{mean,std,cov,corr}`` over the included patches, for every per-patch dataset."""
+    summary = handle.require_group("summary")
+    summary.attrs["n_patches_used"] = int(np.count_nonzero(include))
+    summary.attrs["excluded_patches"] = np.flatnonzero(~include).astype(np.int64)
+    for path in row_paths:
+        if int(np.count_nonzero(include)) < 2:
+            break
+        for key, value in summarise_rows(handle[path][...], include).items():
+            summary.create_dataset(f"{path}/{key}", data=value)
+
+
+__all__ = ["DataLoadingStep", "ValidationStep", "PatchingStep", "StatisticsStep", "ResultAggregationStep",
+           "OutputWritingStep", "KappaMapInput"]
