@@ -1,5 +1,6 @@
 """Pipelines: BasePipeline and the stage pipelines (the seed's API)."""
 from lensing_ssc.processing.pipeline.analysis import AnalysisPipeline
 from lensing_ssc.processing.pipeline.base_pipeline import BasePipeline, PipelineResult
+from lensing_ssc.processing.pipeline.kappa import KappaPipeline
 
-__all__ = ["AnalysisPipeline", "BasePipeline", "PipelineResult"]
+__all__ = ["AnalysisPipeline", "BasePipeline", "KappaPipeline", "PipelineResult"]

@@ -26,7 +26,7 @@ import numpy as np
 
 from lensing_ssc import __version__
 from lensing_ssc.core.cosmology import comoving_distance_mpch, make_cosmology
-from lensing_ssc.core.errors import InputError
+from lensing_ssc.core.errors import ConfigError, InputError
 from lensing_ssc.io.healpix_maps import read_header, read_nested_map
 from lensing_ssc.io.results import write_rows_file
 from lensing_ssc.parallel import get_comm, root_then_bcast, split_by_cost
@@ -174,11 +174,7 @@ class PatchingStep(BaseStep):
     def execute(self, data):
         config = self.config
         side = config.analysis.patch_size_deg
-        if config.analysis.centers:
-            centers_deg = np.asarray(config.analysis.centers, dtype=np.float64)
-            theta, phi = np.radians(centers_deg[:, 0]), np.radians(centers_deg[:, 1])
-        else:
-            theta, phi = patch_centers(side)
+        theta, phi = root_then_bcast(get_comm(), lambda: _centers(config))
         cosmology = make_cosmology(config.cosmology.H0, config.cosmology.Om0)
         flags = {}
         for kappa_map in data["maps"]:
@@ -207,6 +203,23 @@ class PatchingStep(BaseStep):
                 return handle.attrs.get("config_hash") == self.config.science_hash()
         except OSError:
             return False
+
+
+def _centers(config):
+    """Patch centres (theta, phi) [rad]: ``analysis.centers`` ([theta, phi] in deg) or the Fibonacci ones."""
+    side = config.analysis.patch_size_deg
+    if config.analysis.centers:
+        centers_deg = np.asarray(config.analysis.centers, dtype=np.float64)
+        return np.radians(centers_deg[:, 0]), np.radians(centers_deg[:, 1])
+    try:
+        theta, phi = patch_centers(side)
+    except ValueError as exc:
+        raise ConfigError([f"analysis.patch_size_deg: no Fibonacci patches for {side} deg ({exc})"],
+                          config.source) from None
+    if theta.size == 0:
+        raise ConfigError([f"analysis.patch_size_deg: the pole cut leaves no valid patch for {side} deg"],
+                          config.source)
+    return theta, phi
 
 
 class _RingMapCache:
@@ -370,15 +383,20 @@ class OutputWritingStep(BaseStep):
 
 
 def _write_summary(handle: h5py.File, row_paths: List[str], include: np.ndarray) -> None:
-    """``/summary/{path}/{mean,std,cov,corr}`` over the included patches, for every per-patch dataset."""
+    """``/summary/{path}/{mean,std,cov,corr}`` over the included patches, for every per-patch dataset,
+    with the Hartlap factor of that block as an attribute of ``/summary/{path}``."""
     summary = handle.require_group("summary")
-    summary.attrs["n_patches_used"] = int(np.count_nonzero(include))
+    used = int(np.count_nonzero(include))
+    summary.attrs["n_patches_used"] = used
     summary.attrs["excluded_patches"] = np.flatnonzero(~include).astype(np.int64)
     for path in row_paths:
-        if int(np.count_nonzero(include)) < 2:
+        if used < 2:
             break
         for key, value in summarise_rows(handle[path][...], include).items():
             summary.create_dataset(f"{path}/{key}", data=value)
+        # Hartlap et al. (2007): multiply the inverse covariance by (n - p - 2)/(n - 1).
+        nbins = int(np.prod(handle[path].shape[1:]))
+        summary[path].attrs["hartlap_factor"] = (used - nbins - 2) / (used - 1)
 
 
 __all__ = ["DataLoadingStep", "ValidationStep", "PatchingStep", "StatisticsStep", "ResultAggregationStep",

@@ -1,0 +1,539 @@
+"""Steps of the convergence stage: delta sheets -> Born-approximation kappa maps (SCIENCE.md §3).
+
+    KappaInputsStep      rank 0 reads every sheet header once, checks them, computes the Born weights
+                         of all (source, sheet) pairs, the seed and the output names; broadcasts a KappaPlan
+    BornSumStep          tasks = fixed NESTED pixel ranges; a task reads its range of every weighted
+                         sheet once and accumulates all source redshifts in the same pass
+    WriteKappaMapsStep   rank 0 assembles each map from the task checkpoints and writes it atomically
+    KappaValidationStep  optional: measured full-sky C_ell of each map against a Limber prediction
+
+Decomposition and checkpoints (DESIGN.md §5-6): a task is one range of ``pixels_per_task`` consecutive
+NESTED pixels (a whole NESTED sub-tree) through *all* sheets; its result, the float32 kappa of every
+source over the range, is the task's checkpoint. The range size depends only on nside, so task ids are
+stable across restarts on any rank count and a rank holds one range at a time (its memory does not grow
+with the map). Every pixel is summed in float64 over the sheets in ascending sheet index and cast to
+float32 once, so the maps are the same bytes whatever the number of ranks or tasks.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import healpy as hp
+import numpy as np
+
+from lensing_ssc import __version__
+from lensing_ssc.core.cosmology import check_against_header, make_cosmology
+from lensing_ssc.core.errors import ConfigError, InputError
+from lensing_ssc.io.atomic import ensure_free_disk, write_json_atomic
+from lensing_ssc.io.healpix_maps import read_header, read_nested_map, read_nested_range, write_nested_map
+from lensing_ssc.io.usmesh import UsmeshCatalog, UsmeshError
+from lensing_ssc.parallel import root_then_bcast
+from lensing_ssc.processing.resources import check_memory_estimate
+from lensing_ssc.processing.runner import StageRunner, Task
+from lensing_ssc.processing.steps.base import BaseStep
+from lensing_ssc.science.born import born_weight_table, born_weights, weights_hash
+from lensing_ssc.science.limber import limber_cl_kappa, pixel_window, shot_noise_cl
+from lensing_ssc.science.linear_power import linear_power_spectrum
+from lensing_ssc.science.shells import pixel_volume, shell_geometry
+
+log = logging.getLogger("lensing_ssc.kappa")
+
+STAGE = "kappa"
+SHEETS_SUBDIR = "mass_sheets"
+KAPPA_SUBDIR = "kappa"
+VALIDATION_FILE = "validation.json"
+SHEET_NAME = re.compile(r"^delta-sheet-(\d+)\.fits$")
+SIGMA8_IN_PARAMFILE = re.compile(r"\bsigma8\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)")
+# Pixels per task: 2**20 keeps a task's float64 accumulators at 8 MB per source (~70 MB for 5 sources
+# with the read buffers) and gives 768 tasks at nside 8192. A power of 4, so a task is a NESTED sub-tree
+# and divides every map with nside >= 1024; smaller maps use one base pixel (nside^2 pixels) per task.
+MAX_PIXELS_PER_TASK = 2**20
+# Validation binning: Limber through thin shells is good for ell >~ 10; the pixel window and anafast
+# are reliable up to ell ~ 2 nside.
+VALIDATION_ELL_MIN = 10
+VALIDATION_NBINS = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: everything rank 0 learns from the inputs, broadcast to every rank.
+
+@dataclass(frozen=True)
+class SheetInfo:
+    """One delta sheet: its index, file, scale-factor edges (a_far < a_near) and file identity."""
+
+    index: int
+    path: str
+    a_far: float
+    a_near: float
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class KappaPlan:
+    """The sheets (ascending index), the weights (n_sources, n_sheets) and the outputs of the stage."""
+
+    sheets: Tuple[SheetInfo, ...]
+    nside: int
+    seed: int
+    source_redshifts: Tuple[float, ...]
+    weights: np.ndarray
+    outputs: Tuple[str, ...]
+    mock: bool
+    up_to_date: bool = False
+
+    @property
+    def npix(self) -> int:
+        return 12 * self.nside**2
+
+    @property
+    def pixels_per_task(self) -> int:
+        return min(self.nside**2, MAX_PIXELS_PER_TASK)
+
+    def tasks(self) -> List[Task]:
+        """Equal pixel ranges ``[start, stop)`` in NESTED order; task id = range number."""
+        size = self.pixels_per_task
+        return [Task(t, 1.0, (t * size, (t + 1) * size)) for t in range(self.npix // size)]
+
+    def input_identity(self) -> Dict[str, object]:
+        """What the checkpoints depend on besides the science config (JSON-safe)."""
+        return {"nside": self.nside, "seed": self.seed, "pixels_per_task": self.pixels_per_task,
+                "sheets": [[s.index, s.a_far, s.a_near, s.size, s.mtime_ns] for s in self.sheets]}
+
+    def used(self, k: int) -> np.ndarray:
+        """Positions (into ``sheets``) of the sheets with non-zero weight for source ``k``."""
+        return np.flatnonzero(self.weights[k])
+
+    def header_cards(self, k: int, config) -> List[Tuple[str, object, str]]:
+        """FITS cards of the map of source ``k``; ``is_current`` compares the first five."""
+        used = self.used(k)
+        cards = [
+            ("ZS", self.source_redshifts[k], "source redshift"),
+            ("SEED", self.seed, "simulation seed"),
+            ("SHEETS", format_index_ranges([self.sheets[i].index for i in used]),
+             "delta sheets summed (non-zero weight)"),
+            ("NSHEETS", int(used.size), "number of sheets summed"),
+            ("WHASH", weights_hash(self.weights[k, used]), ""),  # sha256 of the float64 weights of SHEETS
+            ("H0", float(config.cosmology.H0), "km/s/Mpc, cosmology of the weights"),
+            ("OM0", float(config.cosmology.Om0), "matter density of the weights"),
+            ("CREATOR", f"lensing_ssc {__version__}", "Born approximation, SCIENCE.md 3.1"),
+        ]
+        if self.mock:
+            cards.append(("MOCK", True, "made from a mock light cone"))
+        return cards
+
+
+def format_index_ranges(indices: Sequence[int]) -> str:
+    """Ascending sheet indices as compact ranges: [28, 29, 30, 40] -> '28-30,40' ('' if empty)."""
+    parts: List[str] = []
+    values = sorted(int(i) for i in indices)
+    start = 0
+    for end in range(len(values)):
+        if end + 1 == len(values) or values[end + 1] != values[end] + 1:
+            first, last = values[start], values[end]
+            parts.append(str(first) if first == last else f"{first}-{last}")
+            start = end + 1
+    return ",".join(parts)
+
+
+def kappa_map_path(output_dir, zs: float, seed: int) -> Path:
+    """``{output_dir}/kappa/kappa_zs{zs}_s{seed}.fits`` with zs formatted by ``str(float)``."""
+    return Path(output_dir) / KAPPA_SUBDIR / f"kappa_zs{float(zs)}_s{int(seed)}.fits"
+
+
+def _header_float(path: Path, header: Dict[str, object], key: str) -> float:
+    if key not in header:
+        raise InputError(f"{path}: header has no {key}; expected the scale factor of the shell edge "
+                         "(written by the preprocess stage)")
+    try:
+        value = float(header[key])
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: header {key} = {header[key]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise InputError(f"{path}: header {key} = {value} is not finite")
+    return value
+
+
+def _header_int(path: Path, header: Dict[str, object], key: str) -> int:
+    value = header[key]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{path}: header {key} = {value!r} is not an integer")
+    return int(value)
+
+
+def discover_sheets(directory) -> Tuple[List[SheetInfo], int, List[Optional[int]], bool]:
+    """Read and check the headers of ``directory/delta-sheet-NN.fits``.
+
+    Returns ``(sheets sorted by index, nside, SEED of each sheet or None, any MOCK)``. Raises InputError
+    naming the directory, file and header key for a missing or empty directory, a non-NESTED map,
+    missing or bad A_FAR/A_NEAR, mixed NSIDE, or a SHEET that contradicts the file name.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: mass-sheet directory not found; expected the delta-sheet-NN.fits "
+                         "files of the preprocess stage (run `lensing-ssc preprocess CONFIG` first)")
+    found = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := SHEET_NAME.match(p.name)))
+    if not found:
+        raise InputError(f"{directory}: no delta-sheet-NN.fits files; expected the mass sheets of the "
+                         "preprocess stage")
+    sheets: List[SheetInfo] = []
+    seeds: List[Optional[int]] = []
+    mock = False
+    first_nside: Optional[Tuple[int, Path]] = None
+    for index, path in found:
+        if sheets and sheets[-1].index == index:
+            raise InputError(f"{path}: sheet index {index} also used by {sheets[-1].path}")
+        header = read_header(path)  # checks ORDERING = NESTED and NSIDE
+        nside = int(header["NSIDE"])
+        if first_nside is None:
+            first_nside = (nside, path)
+        elif nside != first_nside[0]:
+            raise InputError(f"{path}: header NSIDE = {nside} differs from NSIDE = {first_nside[0]} of "
+                             f"{first_nside[1]}; all mass sheets must have one nside")
+        if "SHEET" in header and _header_int(path, header, "SHEET") != index:
+            raise InputError(f"{path}: header SHEET = {header['SHEET']} contradicts the file name (sheet {index})")
+        a_far, a_near = _header_float(path, header, "A_FAR"), _header_float(path, header, "A_NEAR")
+        if not 0.0 < a_far < a_near <= 1.0:
+            raise InputError(f"{path}: header A_FAR = {a_far}, A_NEAR = {a_near}; expected "
+                             "0 < A_FAR < A_NEAR <= 1 (scale factors of the far and near shell edges)")
+        seeds.append(_header_int(path, header, "SEED") if "SEED" in header else None)
+        mock = mock or bool(header.get("MOCK", False))
+        stat = path.stat()
+        sheets.append(SheetInfo(index, str(path), a_far, a_near, int(stat.st_size), int(stat.st_mtime_ns)))
+    return sheets, first_nside[0], seeds, mock
+
+
+def resolve_seed(config_seed: Optional[int], sheet_seeds: Sequence[Optional[int]], directory) -> int:
+    """The seed of the output names: config ``seed``, else the sheets' SEED header (must agree)."""
+    known = sorted({s for s in sheet_seeds if s is not None})
+    if config_seed is not None:
+        if known and known != [config_seed]:
+            log.warning("config seed %d differs from the mass sheets' SEED header %s; using the config",
+                        config_seed, known)
+        return int(config_seed)
+    if len(known) > 1:
+        raise InputError(f"{directory}: the mass sheets disagree on header SEED ({known}); set `seed:` in "
+                         "the config to choose one")
+    if not known:
+        raise InputError(f"no simulation seed for the kappa file names: set `seed:` in the config or write "
+                         f"header key SEED in the mass sheets of {directory}")
+    return known[0]
+
+
+def is_current(path: Path, expected_cards, newest_input_ns: int) -> bool:
+    """True if ``path`` exists, is newer than every sheet and its ZS/SEED/SHEETS/NSHEETS/WHASH match."""
+    try:
+        if path.stat().st_mtime_ns < newest_input_ns:
+            return False
+        header = read_header(path)
+    except (OSError, InputError):
+        return False
+    for key, value, _ in expected_cards[:5]:
+        if key not in header:
+            return False
+        found = header[key]
+        if isinstance(value, float):
+            if not isinstance(found, (int, float)) or not math.isclose(found, value, rel_tol=1e-12):
+                return False
+        elif str(found).strip() != str(value):
+            return False
+    return True
+
+
+def build_plan(config) -> KappaPlan:
+    """Rank 0: sheets, weights, seed, outputs, and whether the outputs are already up to date."""
+    directory = Path(config.output_dir) / SHEETS_SUBDIR
+    sheets, nside, sheet_seeds, mock = discover_sheets(directory)
+    seed = resolve_seed(config.seed, sheet_seeds, directory)
+    source_redshifts = tuple(float(zs) for zs in config.kappa.source_redshifts)
+    cosmo = make_cosmology(config.cosmology.H0, config.cosmology.Om0)
+    a_far = np.array([s.a_far for s in sheets])
+    a_near = np.array([s.a_near for s in sheets])
+    weights = born_weight_table(cosmo, a_far, a_near, source_redshifts)
+    z_reach = 1.0 / a_far.min() - 1.0
+    for k, zs in enumerate(source_redshifts):
+        if not np.any(weights[k]):
+            raise ConfigError([f"kappa.source_redshifts: zs = {zs} has no mass sheet in front of it (the "
+                               f"nearest sheet of {directory} ends at z = {1.0 / a_near.max() - 1.0:.4g})"])
+        if zs > z_reach * (1 + 1e-9):
+            log.warning("kappa: the sheets reach z = %.4g only; the map for zs = %s misses the lensing "
+                        "by matter between z = %.4g and %s", z_reach, zs, z_reach, zs)
+        log.info("kappa: zs = %s: %d sheets, sum of weights %.6g", zs, np.count_nonzero(weights[k]),
+                 weights[k].sum())
+    outputs = tuple(str(kappa_map_path(config.output_dir, zs, seed)) for zs in source_redshifts)
+    plan = KappaPlan(tuple(sheets), nside, seed, source_redshifts, weights, outputs, mock)
+    newest = max(s.mtime_ns for s in sheets)
+    plan.up_to_date = config.pipeline.resume != "restart" and all(
+        is_current(Path(path), plan.header_cards(k, config), newest) for k, path in enumerate(outputs))
+    if not plan.up_to_date:
+        _check_resources(config, plan)
+    return plan
+
+
+def _check_resources(config, plan: KappaPlan) -> None:
+    nsources = len(plan.source_redshifts)
+    task_mb = plan.pixels_per_task * (8 * nsources + 8 + 4 + 4 * nsources) / 2**20
+    assembly_mb = plan.npix * 4 / 2**20 + plan.pixels_per_task * 4 * nsources / 2**20
+    check_memory_estimate(max(task_mb, assembly_mb), config.memory_limit_mb,
+                          f"kappa at nside {plan.nside} ({len(plan.sheets)} sheets, {nsources} sources)")
+    map_bytes = nsources * plan.npix * 4  # float32, all sources
+    ensure_free_disk(config.checkpoint_root, map_bytes, "the kappa checkpoints")
+    ensure_free_disk(Path(config.output_dir) / KAPPA_SUBDIR, map_bytes, "the kappa maps")
+
+
+# ---------------------------------------------------------------------------------------------
+# The Born sum over a pixel range.
+
+def born_sum_range(sheets: Sequence[SheetInfo], weights: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """kappa of every source over NESTED pixels [start, stop): float64 array (n_sources, stop - start).
+
+    Each sheet with a non-zero weight for some source is read once; pixels are summed in float64 in
+    the order of ``sheets`` (ascending index). Raises InputError for non-finite or UNSEEN values.
+    """
+    total = np.zeros((weights.shape[0], stop - start))
+    for i, sheet in enumerate(sheets):
+        column = weights[:, i]
+        if not np.any(column):
+            continue
+        delta = read_nested_range(sheet.path, start, stop, dtype=np.float64)
+        bad = ~np.isfinite(delta) | (delta == hp.UNSEEN)
+        if np.any(bad):
+            raise InputError(f"{sheet.path}: {np.count_nonzero(bad)} non-finite or UNSEEN pixel(s) in NESTED "
+                             f"pixels [{start}, {stop}), first at {start + int(np.argmax(bad))}; expected "
+                             "a full-sky overdensity map")
+        for k in np.flatnonzero(column):
+            total[k] += column[k] * delta
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: measured C_ell against the Limber prediction through the same shells.
+
+def measured_cl(nested_map: np.ndarray, lmax: int) -> np.ndarray:
+    """Full-sky C_ell (ell = 0..lmax) of a NESTED map: healpy anafast after the one NEST->RING reorder."""
+    return hp.anafast(hp.reorder(np.asarray(nested_map, dtype=np.float64), n2r=True), lmax=int(lmax))
+
+
+def validation_ell_edges(nside: int, ell_min: int = VALIDATION_ELL_MIN,
+                         nbins: int = VALIDATION_NBINS) -> np.ndarray:
+    """Integer log-spaced bin edges from ell_min to 2 nside (bins [e_j, e_j+1)); fewer when crowded."""
+    ell_max = 2 * int(nside)
+    if ell_max <= ell_min:
+        return np.array([], dtype=np.int64)
+    return np.unique(np.round(np.geomspace(ell_min, ell_max + 1, nbins + 1)).astype(np.int64))
+
+
+def compare_binned_cl(measured: np.ndarray, predicted: np.ndarray, edges: np.ndarray) -> Dict[str, object]:
+    """Bin C_ell (index = ell) with weights 2 ell + 1 and compare; Gaussian full-sky errors.
+
+    For a Gaussian field Var(C^_ell) = 2 C_ell^2 / (2 ell + 1), so a bin b has
+    sigma_b^2 = 2 sum (2l+1) C_l^2 / (sum (2l+1))^2 around the predicted C_ell. Returns per-bin lists
+    (``ell`` mode-weighted mean, ``cl_measured``, ``cl_predicted``, ``ratio``, ``sigma_ratio``) and
+    ``chi2`` with ``dof`` = number of bins.
+    """
+    rows = {name: [] for name in ("ell", "cl_measured", "cl_predicted", "ratio", "sigma_ratio")}
+    chi2 = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        ell = np.arange(lo, hi)
+        modes = 2.0 * ell + 1.0
+        meas = float(np.sum(modes * measured[ell]) / modes.sum())
+        pred = float(np.sum(modes * predicted[ell]) / modes.sum())
+        sigma = float(np.sqrt(2.0 * np.sum(modes * predicted[ell] ** 2)) / modes.sum())
+        rows["ell"].append(float(np.sum(modes * ell) / modes.sum()))
+        rows["cl_measured"].append(meas)
+        rows["cl_predicted"].append(pred)
+        rows["ratio"].append(meas / pred)
+        rows["sigma_ratio"].append(sigma / pred)
+        chi2 += ((meas - pred) / sigma) ** 2
+    return {"ell_edges": [int(e) for e in edges], **rows, "chi2": chi2, "dof": int(max(len(edges) - 1, 0))}
+
+
+def predicted_kappa_cl(lmax: int, cosmo, a_far, a_near, zs: float, pk_of_k_z, nside: int,
+                       mean_particles_per_pixel=None) -> Tuple[np.ndarray, float]:
+    """Prediction for a NESTED kappa map of the Born sum: (W_ell^2 C^Limber_ell for ell = 0..lmax, shot noise).
+
+    Limber through the same shells and weights as the map (``science.limber``), times the squared HEALPix
+    pixel window of ``nside``; the white shot noise (``shot_noise_cl``, not windowed) for Poisson shells
+    with ``mean_particles_per_pixel`` (one per sheet), 0 when None.
+    """
+    ell = np.arange(int(lmax) + 1)
+    signal = limber_cl_kappa(ell, cosmo, a_far, a_near, zs, pk_of_k_z) * pixel_window(nside, lmax) ** 2
+    shot = 0.0
+    if mean_particles_per_pixel is not None:
+        shot = shot_noise_cl(born_weights(cosmo, a_far, a_near, zs), mean_particles_per_pixel, 12 * nside**2)
+    return signal, shot
+
+
+def _usmesh_power_model(config, cosmo) -> Tuple[Optional[Dict[str, float]], str]:
+    """The mock's P(k) parameters and particle density from its usmesh Header, or (None, reason).
+
+    ``omega_m``, ``h`` from the Header attrs OmegaM, HubbleParam; ``sigma8`` from ``sigma8 = X`` in the
+    ParamFile attr when present (else the default of ``linear_power_spectrum``); ``box_size``, ``nc``
+    for the Poisson shot noise.
+    """
+    if not config.data_dir:
+        return None, "data_dir is not set, so there is no usmesh Header for the mock's cosmology"
+    try:
+        catalog = UsmeshCatalog(config.data_dir)
+        model = {"omega_m": catalog.omega_m, "h": catalog.hubble_param,
+                 "box_size": catalog.box_size, "nc": catalog.nc}
+    except (UsmeshError, OSError, ValueError) as exc:
+        return None, f"cannot read the usmesh Header of data_dir: {exc}"
+    match = SIGMA8_IN_PARAMFILE.search(str(catalog.attrs.get("ParamFile", "")))
+    if match:
+        model["sigma8"] = float(match.group(1))
+    for warning in check_against_header(cosmo, model["omega_m"], model["h"]):
+        log.warning("kappa validation: %s", warning)
+    return model, ""
+
+
+def validate_maps(config, plan: KappaPlan) -> Dict[str, object]:
+    """Rank 0: compare each map's C_ell with Limber (P(k) of the mock's cosmology) + shot noise."""
+    cosmo = make_cosmology(config.cosmology.H0, config.cosmology.Om0)
+    report: Dict[str, object] = {"nside": plan.nside, "status": "skipped",
+                                 "cosmology": {"H0": cosmo.H0.value, "Om0": float(cosmo.Om0)}}
+    edges = validation_ell_edges(plan.nside)
+    model, reason = _usmesh_power_model(config, cosmo) if edges.size >= 2 else (
+        None, f"nside {plan.nside} is too small for ell >= {VALIDATION_ELL_MIN}")
+    if model is None:
+        report["reason"] = reason
+        log.warning("kappa validation skipped: %s", reason)
+        return report
+    power_args = {key: model[key] for key in ("omega_m", "h", "sigma8") if key in model}
+    report["power_spectrum"] = {"model": "linear_power_spectrum (Eisenstein-Hu no-wiggle, linear growth)",
+                                **power_args}
+
+    def pk(k, z):
+        return linear_power_spectrum(k, z, **power_args)
+
+    a_far = np.array([s.a_far for s in plan.sheets])
+    a_near = np.array([s.a_near for s in plan.sheets])
+    geometry = shell_geometry(cosmo, a_far, a_near)
+    nbar = (model["nc"] / model["box_size"]) ** 3 * pixel_volume(geometry["chi_far"], geometry["chi_near"],
+                                                                 plan.npix)
+    lmax = int(edges[-1]) - 1
+    maps = {}
+    for zs, path in zip(plan.source_redshifts, plan.outputs):
+        values, _ = read_nested_map(path)
+        signal, shot = predicted_kappa_cl(lmax, cosmo, a_far, a_near, zs, pk, plan.nside, nbar)
+        result = compare_binned_cl(measured_cl(values, lmax), signal + shot, edges)
+        maps[str(zs)] = {"file": path, "cl_shot_noise": shot, **result}
+        lines = [f"kappa validation zs = {zs}: chi2/dof = {result['chi2']:.1f}/{result['dof']} "
+                 f"(shot noise {shot:.3g})", f"{'ell':>8} {'C_meas':>11} {'C_pred':>11} {'ratio':>7} {'+-':>6}"]
+        lines += [f"{e:8.1f} {m:11.4e} {p:11.4e} {r:7.3f} {s:6.3f}" for e, m, p, r, s in
+                  zip(result["ell"], result["cl_measured"], result["cl_predicted"], result["ratio"],
+                      result["sigma_ratio"])]
+        log.info("\n".join(lines))
+    report.update(status="ok", maps=maps)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps.
+
+class KappaInputsStep(BaseStep):
+    """Rank 0 checks the sheets and computes the plan; every rank receives it (collective)."""
+
+    retryable = False
+
+    def __init__(self, config, comm):
+        super().__init__(config)
+        self.comm = comm
+
+    def execute(self, input_data):
+        plan = root_then_bcast(self.comm, lambda: build_plan(self.config))
+        if plan.up_to_date and self.comm.is_root:
+            log.info("kappa: all %d maps are up to date (header weights hash matches); skipping the stage "
+                     "(use --restart to recompute)", len(plan.outputs))
+        return {"plan": plan}
+
+
+class BornSumStep(BaseStep):
+    """Runs the pixel-range tasks on all ranks with per-task checkpoints (collective)."""
+
+    retryable = False
+
+    def validate_input(self, input_data) -> bool:
+        return isinstance(input_data, dict) and isinstance(input_data.get("plan"), KappaPlan)
+
+    def execute(self, input_data):
+        plan: KappaPlan = input_data["plan"]
+        if plan.up_to_date:
+            return input_data
+        runner = StageRunner(self.config, STAGE)
+
+        def process(task: Task):
+            start, stop = task.payload
+            return {"kappa": born_sum_range(plan.sheets, plan.weights, start, stop).astype(np.float32)}
+
+        tasks = plan.tasks()
+        self.reports.append(runner.run(tasks, process, plan.input_identity()))
+        return {**input_data, "runner": runner, "tasks": tasks}
+
+
+class WriteKappaMapsStep(BaseStep):
+    """Rank 0 assembles each map from the task checkpoints, writes it, then drops the checkpoints."""
+
+    retryable = False
+
+    def execute(self, input_data):
+        plan: KappaPlan = input_data["plan"]
+        if not plan.up_to_date:
+            runner: StageRunner = input_data["runner"]
+
+            def write_all():
+                for k, path in enumerate(plan.outputs):
+                    kappa = np.empty(plan.npix, dtype=np.float32)
+                    for task in input_data["tasks"]:
+                        start, stop = task.payload
+                        kappa[start:stop] = runner.load(task)["kappa"][k]
+                    write_nested_map(path, kappa, plan.header_cards(k, self.config), dtype=np.float32)
+                    log.info("kappa: wrote %s", path)
+                runner.store.clear()  # every map is complete: the partial sums are no longer needed
+
+            root_then_bcast(runner.comm, write_all)
+        self.outputs.extend(plan.outputs)
+        return input_data
+
+    def validate_output(self, output_data) -> bool:
+        return all(os.path.isfile(path) for path in output_data["plan"].outputs)
+
+
+class KappaValidationStep(BaseStep):
+    """Optional C_ell check of the maps; on when the sheets say MOCK = True or when forced.
+
+    ``enabled``: None = automatic (MOCK sheets; not redone for up-to-date maps that already have a
+    report), True = always, False = never. Writes ``{output_dir}/kappa/validation.json`` (status
+    ``ok`` with the per-map bins and chi2, or ``skipped`` with the reason) and logs a table. It is a
+    diagnostic: a missing usmesh Header or a too small nside is recorded, not raised.
+    """
+
+    retryable = False
+
+    def __init__(self, config, comm, enabled: Optional[bool] = None):
+        super().__init__(config)
+        self.comm = comm
+        self.enabled = enabled
+
+    def execute(self, input_data):
+        plan: KappaPlan = input_data["plan"]
+        enabled = plan.mock if self.enabled is None else self.enabled
+        path = Path(self.config.output_dir) / KAPPA_SUBDIR / VALIDATION_FILE
+        done_before = self.comm.bcast(path.is_file() if self.comm.is_root else None)  # one answer for all
+        if not enabled or (self.enabled is None and plan.up_to_date and done_before):
+            return input_data  # off, or automatic and already done for these maps
+
+        def run():
+            report = validate_maps(self.config, plan)
+            write_json_atomic(path, report)
+            return report
+
+        report = root_then_bcast(self.comm, run)
+        self.outputs.append(str(path))
+        return {**input_data, "validation": report}
