@@ -4,7 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import healpy as hp
+import numpy as np
 import pytest
+
+from lensing_ssc.io.healpix_maps import write_nested_map
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = Path(__file__).resolve().parent / "data"
@@ -40,3 +44,21 @@ def run_cli(args, nranks=1, timeout=120, cwd=None):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def kappa_cl(lmax):
+    """A smooth, realistic-amplitude convergence spectrum: ell(ell+1)C/2pi = 1e-4 (ell/1000)^0.5."""
+    ell = np.arange(lmax + 1, dtype=float)
+    cl = np.zeros_like(ell)
+    cl[2:] = 2 * np.pi * 1e-4 * (ell[2:] / 1000.0) ** 0.5 / (ell[2:] * (ell[2:] + 1))
+    return cl
+
+
+def write_gaussian_kappa(directory, nside=128, zs=1.0, seed=7, random_seed=1):
+    """A NESTED Gaussian random kappa map kappa_zs{zs}_s{seed}.fits with spectrum kappa_cl."""
+    np.random.seed(random_seed)
+    ring = hp.synfast(kappa_cl(3 * nside - 1), nside)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"kappa_zs{zs}_s{seed}.fits"
+    write_nested_map(path, hp.reorder(ring, r2n=True), [("ZS", zs, "source redshift")])
+    return path

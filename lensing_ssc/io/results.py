@@ -81,3 +81,22 @@ def write_rows_file(final_path, static: Mapping[str, np.ndarray], row_shapes: Ma
         commit(temporary, final_path)
     comm.barrier()
     return final_path
+
+
+def read_results(path, include_extras: bool = True) -> Dict[str, np.ndarray]:
+    """Every dataset of a results file as ``{path: array}``: files of the original code and ours.
+
+    The original layout (SCIENCE.md §7) has ``metadata``, ``power_spectra``, ``bispectra`` and
+    ``smoothed_statistics``; ours adds ``patches``, ``summary`` and ``plugins`` (skipped with
+    ``include_extras=False``, to compare with an original file).
+    """
+    extras = ("patches/", "summary/", "plugins/")
+    found: Dict[str, np.ndarray] = {}
+
+    def visit(name, item):
+        if isinstance(item, h5py.Dataset) and (include_extras or not name.startswith(extras)):
+            found[name] = item[()]
+
+    with h5py.File(path, "r") as handle:
+        handle.visititems(visit)
+    return found

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, launch_command, mpi_environment, run_cli
+from conftest import REPO, launch_command, mpi_environment, run_cli, write_gaussian_kappa
 from lensing_ssc.core.config import ProcessingConfig
 from lensing_ssc.core.errors import InputError
 from lensing_ssc.io.healpix_maps import write_nested_map
@@ -22,23 +22,6 @@ from lensing_ssc.science.statistics.binning import ell_centers, ell_edges
 
 SMALL_ANALYSIS = {"patch_size_deg": 20.0, "xsize": 64, "ngal": [0, 1], "smoothing_lengths": [40.0, 60.0],
                   "lmin": 40.0, "lmax": 200.0, "nbin": 4}
-
-
-def kappa_cl(lmax):
-    """A smooth, realistic-amplitude convergence spectrum: ell(ell+1)C/2pi = 1e-4 (ell/1000)^0.5."""
-    ell = np.arange(lmax + 1, dtype=float)
-    cl = np.zeros_like(ell)
-    cl[2:] = 2 * np.pi * 1e-4 * (ell[2:] / 1000.0) ** 0.5 / (ell[2:] * (ell[2:] + 1))
-    return cl
-
-
-def write_gaussian_kappa(directory, nside=128, zs=1.0, seed=7, random_seed=1):
-    np.random.seed(random_seed)
-    ring = hp.synfast(kappa_cl(3 * nside - 1), nside)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"kappa_zs{zs}_s{seed}.fits"
-    write_nested_map(path, hp.reorder(ring, r2n=True), [("ZS", zs, "source redshift")])
-    return path
 
 
 def write_config(tmp_path, **analysis):
