@@ -2,14 +2,16 @@
 
 Exit codes: 0 success, 2 bad config or input, 3 resource error, 75 checkpointed (rerun to resume),
 1 anything else. Under MPI every rank exits with the same code; an unexpected exception on one rank
-aborts the whole job.
+aborts the whole job. Errors are one line on stderr; tracebacks go to the log at debug level.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from typing import Callable, Dict, List, Optional
+import time
+from pathlib import Path
+from typing import Callable, List, Optional
 
 from lensing_ssc import __version__
 from lensing_ssc.core.config import ProcessingConfig
@@ -19,6 +21,8 @@ from lensing_ssc.parallel import abort_on_exception, get_comm, root_then_bcast
 log = logging.getLogger("lensing_ssc")
 
 STAGES = ("mock", "preprocess", "kappa", "analyze", "plot")
+PIPELINES = {"mock": "MockPipeline", "preprocess": "PreprocessingPipeline", "kappa": "KappaPipeline",
+             "analyze": "AnalysisPipeline"}
 
 
 def setup_logging(level: str, rank: int) -> None:
@@ -32,8 +36,7 @@ def setup_logging(level: str, rank: int) -> None:
 
 def load_config(path: str, args) -> ProcessingConfig:
     """Rank 0 reads and validates the config; every rank gets the same object (or the same error)."""
-    comm = get_comm()
-    config = root_then_bcast(comm, lambda: ProcessingConfig.from_yaml(path))
+    config = root_then_bcast(get_comm(), lambda: ProcessingConfig.from_yaml(path))
     if getattr(args, "restart", False):
         config.pipeline.resume = "restart"
     return config
@@ -41,25 +44,43 @@ def load_config(path: str, args) -> ProcessingConfig:
 
 def _pipeline_for(stage: str):
     from lensing_ssc.processing import pipeline as pipelines
-    classes = {"mock": "MockPipeline", "preprocess": "PreprocessingPipeline", "kappa": "KappaPipeline",
-               "analyze": "AnalysisPipeline"}
-    cls = getattr(pipelines, classes[stage], None)
-    if cls is None:
-        raise LensingSSCError(f"stage '{stage}' is not available in lensing_ssc {__version__}")
-    return cls
+    return getattr(pipelines, PIPELINES[stage])
+
+
+def _plot_outputs(config: ProcessingConfig) -> List[str]:
+    """Rank 0: the plots of every results file of the run (``{output_dir}/plots``)."""
+    from lensing_ssc.plots import plot_stats_files
+    output = Path(config.output_dir)
+    stats = sorted((output / "stats").glob("stats_zs*_s*_oa*.h5"))
+    validation = output / "kappa" / "validation.json"
+    return [str(p) for p in plot_stats_files(stats, output / "plots", kappa_dir=output / "kappa",
+                                             validation_json=validation if validation.exists() else None)]
 
 
 def _run_stages(config: ProcessingConfig, stages: List[str]) -> int:
+    comm = get_comm()
+    rows = []
     for stage in stages:
+        began = time.monotonic()
+        if stage == "plot":
+            outputs = root_then_bcast(comm, lambda: _plot_outputs(config))
+            rows.append((stage, time.monotonic() - began, 0, 0, 0.0, len(outputs)))
+            continue
         result = _pipeline_for(stage)(config).execute()
         if result.status == "checkpointed":
-            if get_comm().is_root:
+            if comm.is_root:
                 print(f"lensing-ssc: {result.message}", file=sys.stderr)
             return EXIT_CHECKPOINTED
-        if get_comm().is_root:
-            log.info("%s: done (%d tasks run, %d skipped, %d retried; peak %.0f MB); outputs: %s", stage,
-                     result.tasks_done, result.tasks_skipped, result.tasks_retried, result.peak_memory_mb,
-                     ", ".join(result.outputs[:5]) + (" ..." if len(result.outputs) > 5 else ""))
+        rows.append((stage, time.monotonic() - began, result.tasks_done, result.tasks_skipped,
+                     comm.max(result.peak_memory_mb), len(result.outputs)))
+        if comm.is_root:
+            log.info("%s: done; outputs: %s", stage,
+                     ", ".join(result.outputs[:4]) + (f" ... ({len(result.outputs)} files)" if len(result.outputs) > 4 else ""))
+    if comm.is_root:
+        lines = [f"{'stage':<11} {'wall_s':>8} {'tasks':>7} {'skipped':>8} {'peak_MB/rank':>13} {'outputs':>8}"]
+        lines += [f"{s:<11} {t:>8.1f} {d:>7d} {k:>8d} {m:>13.0f} {o:>8d}" for s, t, d, k, m, o in rows]
+        print("\n".join(lines), file=sys.stderr)
+        print(f"lensing-ssc: done. Outputs under {Path(config.output_dir).resolve()}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -69,17 +90,56 @@ def cmd_stage(args) -> int:
 
 def cmd_run(args) -> int:
     config = load_config(args.config, args)
-    stages = args.stages.split(",") if args.stages else [s for s in STAGES if s != "plot"]
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise LensingSSCError(f"--stages: unknown stage(s) {', '.join(unknown)}; expected some of {', '.join(STAGES)}")
+    if args.stages:
+        stages = args.stages.split(",")
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise LensingSSCError(f"--stages: unknown stage(s) {', '.join(unknown)}; "
+                                  f"expected some of {', '.join(STAGES)}")
+    else:
+        stages = [s for s in STAGES if s != "mock" or config.mock.enabled]
     return _run_stages(config, stages)
 
 
 def cmd_validate(args) -> int:
-    config = load_config(args.config, args)
+    load_config(args.config, args)
     if get_comm().is_root:
         print(f"{args.config}: configuration is valid")
+    return EXIT_OK
+
+
+def cmd_plan(args) -> int:
+    from lensing_ssc.processing.planning import format_plan
+    config = load_config(args.config, args)
+    if get_comm().is_root:
+        print(format_plan(config))
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from lensing_ssc.processing.planning import format_plan
+    config = load_config(args.config, args)
+    if get_comm().is_root:
+        print(format_plan(config, with_checkpoints=True))
+    return EXIT_OK
+
+
+def cmd_plot(args) -> int:
+    from lensing_ssc.plots import plot_stats_files
+    stats = Path(args.stats)
+    if not stats.is_file():
+        raise LensingSSCError(f"{stats}: results file not found")
+    output = Path(args.output or stats.parent.parent / "plots")
+
+    def plot():
+        kappa_dir = stats.parent.parent / "kappa"
+        validation = kappa_dir / "validation.json"
+        return plot_stats_files([stats], output, kappa_dir=kappa_dir if kappa_dir.exists() else None,
+                                validation_json=validation if validation.exists() else None)
+
+    written = root_then_bcast(get_comm(), plot)
+    if get_comm().is_root:
+        print("\n".join(str(p) for p in written))
     return EXIT_OK
 
 
@@ -89,23 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func: Callable, help_text: str, config_arg: bool = True):
+    def add(name: str, func: Callable, help_text: str, stage: bool = False):
         command = sub.add_parser(name, help=help_text)
-        if config_arg:
-            command.add_argument("config", help="YAML configuration file")
+        command.add_argument("config", help="YAML configuration file")
+        if stage:
             command.add_argument("--restart", action="store_true",
-                                 help="discard this config's checkpoints and start the stage(s) afresh")
-            command.add_argument("--resume", action="store_true", help="resume from checkpoints (default)")
+                                 help="discard this config's checkpoints and outputs' up-to-date marks; start afresh")
+            command.add_argument("--resume", action="store_true", help="resume from checkpoints (the default)")
         command.set_defaults(func=func)
         return command
 
-    run = add("run", cmd_run, "run mock (if configured) -> preprocess -> kappa -> analyze -> plot")
+    run = add("run", cmd_run, "run mock (if mock.enabled) -> preprocess -> kappa -> analyze -> plot", stage=True)
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
-    add("mock", cmd_stage, "write the mock usmesh light cone named by data_dir")
-    add("preprocess", cmd_stage, "usmesh light cone -> delta-sheet-NN.fits")
-    add("kappa", cmd_stage, "delta sheets -> kappa_zs{zs}_s{seed}.fits (Born approximation)")
-    add("analyze", cmd_stage, "kappa maps -> stats_zs{zs}_s{seed}_oa{S}.h5")
-    add("validate", cmd_validate, "check the config (and inputs) only")
+    add("mock", cmd_stage, "write the mock usmesh light cone named by data_dir", stage=True)
+    add("preprocess", cmd_stage, "usmesh light cone -> mass_sheets/delta-sheet-NN.fits", stage=True)
+    add("kappa", cmd_stage, "delta sheets -> kappa/kappa_zs{zs}_s{seed}.fits (Born approximation)", stage=True)
+    add("analyze", cmd_stage, "kappa maps -> stats/stats_zs{zs}_s{seed}_oa{S}.h5", stage=True)
+    add("validate", cmd_validate, "check the config only")
+    add("plan", cmd_plan, "dry run: tasks per stage, what is done, memory estimate per rank")
+    add("status", cmd_status, "progress of each stage from its outputs and checkpoints")
+    plot = sub.add_parser("plot", help="PNG plots of a results file")
+    plot.add_argument("stats", help="a stats_zs{zs}_s{seed}_oa{S}.h5 results file")
+    plot.add_argument("-o", "--output", help="output directory (default: ../plots next to the file)")
+    plot.set_defaults(func=cmd_plot)
     return parser
 
 
@@ -120,6 +186,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if comm.is_root or not getattr(exc, "collective", False):
             print(f"lensing-ssc: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # one line for the user; the traceback at debug level
+        log.debug("traceback", exc_info=True)
+        print(f"lensing-ssc: error: {type(exc).__name__}: {exc} (rerun with --log-level DEBUG for the "
+              "traceback)", file=sys.stderr)
+        return exit_code_for(exc)
 
 
 def entry_point() -> None:

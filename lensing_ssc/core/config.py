@@ -149,7 +149,7 @@ SECTIONS: Dict[str, Dict[str, Tuple[Any, Callable]]] = {
     },
     "preprocessing": {
         "sheet_range": ([20, 100], _sheet_range),
-        "chunk_size": (50_000_000, _int(lo=1)),
+        "chunk_size": (10_000_000, _int(lo=1)),  # rows per read: ~300 MB of row buffers
         "validation_level": ("strict", _choice("strict", "basic", "none")),
         "dataset": ("HEALPIX", _choice("HEALPIX", "particles")),
         "nside_out": (None, _optional(_int(lo=1))),

@@ -1,0 +1,35 @@
+"""``plan`` and ``status``: counts from disk and memory estimates that follow the documented formulas."""
+import yaml
+
+from conftest import run_cli, write_gaussian_kappa
+from lensing_ssc.core.config import ProcessingConfig
+from lensing_ssc.processing.planning import analysis_memory_mb, kappa_memory_mb, plan, preprocess_memory_mb
+
+
+def test_memory_estimates_scale_with_nside_as_documented():
+    assert preprocess_memory_mb(8192, 0) == 12 * 8192 ** 2 * 12 / 2 ** 20  # float64 accumulator + float32 output
+    assert analysis_memory_mb(4096, 2048) > 2 * 12 * 4096 ** 2 * 8 / 2 ** 20
+    # kappa per rank is bounded by one task except on the writing rank 0 (one float32 map)
+    assert kappa_memory_mb(8192, 5) == 12 * 8192 ** 2 * 4 / 2 ** 20 + 2 ** 20 * 4 * 5 / 2 ** 20
+
+
+def test_plan_counts_existing_outputs_and_reads_nside_from_maps(tmp_path):
+    write_gaussian_kappa(tmp_path / "kappa", nside=32, zs=1.0)
+    config = ProcessingConfig(output_dir=str(tmp_path), kappa={"source_redshifts": [1.0, 2.0]})
+    stages = {p.stage: p for p in plan(config)}
+    assert (stages["kappa"].tasks, stages["kappa"].done) == (2, 1)
+    assert stages["analyze"].done == 0
+    assert stages["analyze"].memory_mb == analysis_memory_mb(32, 2048)
+    assert "265 patches" in stages["analyze"].notes[0]
+
+
+def test_plan_of_a_mock_run_predicts_sheets_without_writing(tmp_path):
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "usmesh"), "output_dir": str(tmp_path / "out"),
+                                           "mock": {"enabled": True, "nside": 64, "z_max": 1.0},
+                                           "preprocessing": {"sheet_range": [0, 100]}}))
+    done = run_cli(["plan", config_path])
+    assert done.returncode == 0, done.stderr
+    assert "mock to be generated at nside 64" in done.stdout
+    assert "0/50" in done.stdout  # slices with a > 1/(1 + z_max) = 0.5: 50..99
+    assert not (tmp_path / "out").exists() and not (tmp_path / "usmesh").exists()
