@@ -127,86 +127,142 @@ def _mapping(value):
 
 
 # ----------------------------------------------------------------------------------------------
-# The schema: section -> key -> (default, checker). Defaults follow DESIGN.md §4 and SCIENCE.md.
+# The schema: section -> key -> (default, checker, description with unit). Defaults follow DESIGN.md §4
+# and SCIENCE.md; docs/configuration.md is generated from it (config_reference_markdown).
 
-SECTIONS: Dict[str, Dict[str, Tuple[Any, Callable]]] = {
+SECTIONS: Dict[str, Dict[str, Tuple[Any, Callable, str]]] = {
     "pipeline": {
-        "type": ("preprocessing", _choice("preprocessing", "kappa", "analysis", "run")),
-        "batch_size": (10, _int(lo=1)),
-        "checkpoint_interval": (1, _int(lo=1)),
-        "max_retries": (3, _int(lo=0, hi=100)),
-        "num_workers": (1, _int(lo=1)),
-        "checkpoint_dir": (None, _optional(_string)),
-        "cache_dir": (None, _optional(_string)),
-        "compress_checkpoints": (False, _bool),
-        "memory_limit_mb": (None, _optional(_number(lo=0, lo_open=True))),
-        "memory_monitoring": (True, _bool),
-        "parallel_io": (True, _bool),
-        "wall_time_budget_s": (None, _optional(_number(lo=0, lo_open=True))),
-        "resume": ("resume", _choice("resume", "restart", "refuse")),
-        "log_level": ("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
-        "retry_backoff_s": (0.5, _number(lo=0)),
+        "type": ("preprocessing", _choice("preprocessing", "kappa", "analysis", "run"),
+                 "pipeline the YAML was written for (informational; the CLI command chooses the stage)"),
+        "batch_size": (10, _int(lo=1),
+                       "patches per analysis task (the unit of work and of checkpoint)"),
+        "checkpoint_interval": (1, _int(lo=1),
+                                "tasks between two writes of a rank's checkpoint ledger"),
+        "max_retries": (3, _int(lo=0, hi=100),
+                        "retries of a task after a transient I/O error (exponential backoff with jitter)"),
+        "num_workers": (1, _int(lo=1),
+                        "MPI ranks expected (informational; the launcher decides)"),
+        "checkpoint_dir": (None, _optional(_string),
+                           "checkpoint directory (default {output_dir}/checkpoints)"),
+        "cache_dir": (None, _optional(_string),
+                      "directory for cached geometry (reserved)"),
+        "compress_checkpoints": (False, _bool,
+                                 "write task checkpoints as compressed npz"),
+        "memory_limit_mb": (None, _optional(_number(lo=0, lo_open=True)),
+                            "refuse to start a stage whose per-rank estimate exceeds this [MB]"),
+        "memory_monitoring": (True, _bool,
+                              "sample RSS and CPU per rank (psutil) during tasks"),
+        "parallel_io": (True, _bool,
+                        "write results with parallel HDF5 when h5py supports MPI"),
+        "wall_time_budget_s": (None, _optional(_number(lo=0, lo_open=True)),
+                               "stop at a task boundary, checkpoint and exit 75 before this many seconds [s]"),
+        "resume": ("resume", _choice("resume", "restart", "refuse"),
+                   "resume from checkpoints, restart (discard them) or refuse to run when they exist"),
+        "log_level": ("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+                      "log level of rank 0 (other ranks log warnings and errors)"),
+        "retry_backoff_s": (0.5, _number(lo=0),
+                            "first retry delay; doubles per retry [s]"),
     },
     "preprocessing": {
-        "sheet_range": ([20, 100], _sheet_range),
-        "chunk_size": (10_000_000, _int(lo=1)),  # rows per read: ~300 MB of row buffers
-        "validation_level": ("strict", _choice("strict", "basic", "none")),
-        "dataset": ("HEALPIX", _choice("HEALPIX", "particles")),
-        "nside_out": (None, _optional(_int(lo=1))),
-        "observer": ([0.0, 0.0, 0.0], _list_of(_number(), exact_len=3)),
-        "overwrite": (False, _bool),
+        "sheet_range": ([20, 100], _sheet_range,
+                        "[start, end): FastPM slice indices to turn into sheets"),
+        "chunk_size": (10_000_000, _int(lo=1),
+                       "usmesh rows read at a time per rank"),
+        "validation_level": ("strict", _choice("strict", "basic", "none"),
+                             "strict: input checks and mass conservation are errors; basic: warnings"),
+        "dataset": ("HEALPIX", _choice("HEALPIX", "particles"),
+                    "usmesh route: pre-pixelised HEALPIX rows or raw particles (block 1/)"),
+        "nside_out": (None, _optional(_int(lo=1)),
+                      "HEALPix nside of the sheets for the particle route (default: the usmesh nside)"),
+        "observer": ([0.0, 0.0, 0.0], _list_of(_number(), exact_len=3),
+                     "observer position for the particle route [Mpc/h]"),
+        "overwrite": (False, _bool,
+                      "rewrite existing sheets"),
     },
     "kappa": {
-        "source_redshifts": ([0.5, 1.0, 1.5, 2.0, 2.5], _list_of(_number(lo=0, lo_open=True), min_len=1)),
+        "source_redshifts": ([0.5, 1.0, 1.5, 2.0, 2.5], _list_of(_number(lo=0, lo_open=True), min_len=1),
+                             "source redshifts of the convergence maps"),
     },
     "analysis": {
-        "patch_size_deg": (10.0, _number(lo=0, hi=90, lo_open=True)),
+        "patch_size_deg": (10.0, _number(lo=0, hi=90, lo_open=True),
+                           "side of the square patches [deg]"),
         "statistics": (["power_spectrum", "bispectrum", "pdf", "peak_counts", "minima", "minkowski"],
-                       _statistics),
-        "smoothing_lengths": ([2.0, 5.0, 8.0, 10.0], _list_of(_number(lo=0, lo_open=True), min_len=1)),
-        "xsize": (2048, _int(lo=8)),
-        "ngal": ([0, 7, 15, 30, 50], _list_of(_int(lo=0), min_len=1)),
-        "epsilon": (0.26, _number(lo=0, lo_open=True)),
-        "lmin": (300.0, _number(lo=0, lo_open=True)),
-        "lmax": (3000.0, _number(lo=0, lo_open=True)),
-        "nbin": (8, _int(lo=1)),
-        "nu_bins": ([-4.0, 4.0, 8], _list_of(_number(), exact_len=3)),
-        "noise_seed": (0, _int(lo=0)),
-        "exclude_flagged_patches": (False, _bool),
-        "centers": (None, _optional(_list_of(_list_of(_number(), exact_len=2), min_len=1))),
+                       _statistics, "statistics per patch: built-ins or registered plugin names"),
+        "smoothing_lengths": ([2.0, 5.0, 8.0, 10.0], _list_of(_number(lo=0, lo_open=True), min_len=1),
+                              "Gaussian smoothing sigmas for PDF, peaks, minima, MFs [arcmin]"),
+        "xsize": (2048, _int(lo=8),
+                  "pixels per patch side (even)"),
+        "ngal": ([0, 7, 15, 30, 50], _list_of(_int(lo=0), min_len=1),
+                 "galaxy densities for shape noise, 0 = noiseless [1/arcmin^2]"),
+        "epsilon": (0.26, _number(lo=0, lo_open=True),
+                    "shape-noise dispersion per galaxy"),
+        "lmin": (300.0, _number(lo=0, lo_open=True),
+                 "lowest multipole bin edge"),
+        "lmax": (3000.0, _number(lo=0, lo_open=True),
+                 "highest multipole bin edge"),
+        "nbin": (8, _int(lo=1),
+                 "number of log-spaced multipole bins"),
+        "nu_bins": ([-4.0, 4.0, 8], _list_of(_number(), exact_len=3),
+                    "[nu_min, nu_max, nbins]: signal-to-noise thresholds"),
+        "noise_seed": (0, _int(lo=0),
+                       "base seed of the shape noise (mixed with the simulation seed)"),
+        "exclude_flagged_patches": (False, _bool,
+                                    "leave replication-flagged patches out of /summary"),
+        "centers": (None, _optional(_list_of(_list_of(_number(), exact_len=2), min_len=1)),
+                    "explicit patch centres [[theta, phi], ...] [deg] instead of the Fibonacci ones"),
     },
     "mock": {  # defaults of lensing_ssc.mock.lightcone.mock_config_defaults()
-        "nside": (128, _int(lo=1)),
-        "box_size": (500.0, _number(lo=0, lo_open=True)),
-        "nc": (64, _int(lo=2)),
-        "z_max": (1.5, _number(lo=0, lo_open=True)),
-        "nslices": (100, _int(lo=1)),
-        "power_spectrum": ("eisenstein_hu", _choice("eisenstein_hu")),
-        "seed": (100, _int(lo=0)),
-        "field": ("lognormal", _choice("lognormal", "gaussian")),
-        "with_particles": (False, _bool),
-        "particles_per_cell": (0.125, _number(lo=0, lo_open=True)),
-        "nevents": (2, _int(lo=1)),
-        "sigma8": (0.8159, _number(lo=0, lo_open=True)),
-        "enabled": (False, _bool),
+        "nside": (128, _int(lo=1),
+                  "HEALPix nside of the mock's HEALPIX rows"),
+        "box_size": (500.0, _number(lo=0, lo_open=True),
+                     "side of the periodic box [Mpc/h]"),
+        "nc": (64, _int(lo=2),
+               "grid cells per box side"),
+        "z_max": (1.5, _number(lo=0, lo_open=True),
+                  "maximum redshift of the light cone"),
+        "nslices": (100, _int(lo=1),
+                    "scale-factor slices of the light cone (FastPM lc_usmesh_nslices)"),
+        "power_spectrum": ("eisenstein_hu", _choice("eisenstein_hu"),
+                           "linear power spectrum model"),
+        "seed": (100, _int(lo=0),
+                 "random seed of the mock (also its simulation seed)"),
+        "field": ("lognormal", _choice("lognormal", "gaussian"),
+                  "density field: lognormal (unbiased) or clipped Gaussian"),
+        "with_particles": (False, _bool,
+                           "also write the particle block 1/"),
+        "particles_per_cell": (0.125, _number(lo=0, lo_open=True),
+                               "mean Poisson particles per grid cell"),
+        "nevents": (2, _int(lo=1),
+                    "light-cone write events (FastPM appends one per event)"),
+        "sigma8": (0.8159, _number(lo=0, lo_open=True),
+                   "sigma8 at z = 0"),
+        "enabled": (False, _bool,
+                    "lensing-ssc run generates the mock into data_dir first"),
     },
     "cosmology": {
-        "H0": (67.74, _number(lo=0, lo_open=True)),
-        "Om0": (0.309, _number(lo=0, hi=1, lo_open=True)),
+        "H0": (67.74, _number(lo=0, lo_open=True),
+               "Hubble constant [km/s/Mpc]"),
+        "Om0": (0.309, _number(lo=0, hi=1, lo_open=True),
+                "matter density parameter (flat LambdaCDM, no radiation)"),
     },
     "ensemble": {
-        "families": (None, _optional(_families)),
-        "exclude_patches": ([], _list_of(_int(lo=0))),
-        "exclude_flagged": (True, _bool),
-        "outlier_sigma": (None, _optional(_number(lo=0, lo_open=True))),
-        "bootstrap": (1000, _int(lo=0)),
+        "families": (None, _optional(_families),
+                     "family name -> list of globs of results files"),
+        "exclude_patches": ([], _list_of(_int(lo=0)),
+                            "patch indices left out of every family"),
+        "exclude_flagged": (True, _bool,
+                            "leave replication-flagged patches out"),
+        "outlier_sigma": (None, _optional(_number(lo=0, lo_open=True)),
+                          "drop patches beyond this many sigma (null: keep all)"),
+        "bootstrap": (1000, _int(lo=0),
+                      "bootstrap resamples over simulations for ratio errors"),
     },
 }
 
-TOP_LEVEL: Dict[str, Tuple[Any, Callable]] = {
-    "data_dir": (None, _optional(_string)),
-    "output_dir": ("output", _string),
-    "seed": (None, _optional(_int(lo=0))),
+TOP_LEVEL: Dict[str, Tuple[Any, Callable, str]] = {
+    "data_dir": (None, _optional(_string), "usmesh BigFile directory (input of preprocess; written by mock)"),
+    "output_dir": ("output", _string, "root of all outputs (mass_sheets/, kappa/, stats/, plots/, checkpoints/)"),
+    "seed": (None, _optional(_int(lo=0)), "simulation seed (default: from the usmesh attrs or the directory name)"),
 }
 
 # The seed's flat attribute names and where they live.
@@ -285,9 +341,9 @@ class ProcessingConfig:
 
     def __init__(self, source: Optional[str] = None, **kwargs):
         object.__setattr__(self, "source", source)
-        object.__setattr__(self, "_top", {key: copy.deepcopy(default) for key, (default, _) in TOP_LEVEL.items()})
+        object.__setattr__(self, "_top", {key: copy.deepcopy(default) for key, (default, _, _) in TOP_LEVEL.items()})
         object.__setattr__(self, "_sections", {
-            name: Section(name, {key: copy.deepcopy(default) for key, (default, _) in spec.items()})
+            name: Section(name, {key: copy.deepcopy(default) for key, (default, _, _) in spec.items()})
             for name, spec in SECTIONS.items()})
         problems = self._apply(kwargs)
         if problems:
@@ -372,14 +428,14 @@ class ProcessingConfig:
     def problems(self) -> List[str]:
         """Every problem of the current values, each prefixed by its key path."""
         found: List[str] = []
-        for key, (_, check) in TOP_LEVEL.items():
+        for key, (_, check, _) in TOP_LEVEL.items():
             try:
                 self._top[key] = check(self._top[key])
             except _Invalid as exc:
                 found.append(f"{key}: {exc}")
         for name, spec in SECTIONS.items():
             values = self._sections[name]._values
-            for key, (_, check) in spec.items():
+            for key, (_, check, _) in spec.items():
                 try:
                     values[key] = check(values[key])
                 except _Invalid as exc:
@@ -425,3 +481,23 @@ class ProcessingConfig:
 
     def __repr__(self):
         return f"ProcessingConfig({self.to_dict()})"
+
+
+def config_reference_markdown() -> str:
+    """docs/configuration.md: every key with its default and meaning, generated from the schema."""
+    def rows(prefix, spec):
+        return [f"| `{prefix}{key}` | `{json.dumps(default)}` | {text} |" for key, (default, _, text) in spec.items()]
+
+    lines = ["# Configuration reference", "",
+             "Generated from `lensing_ssc/core/config.py` by `python -m lensing_ssc.core.config > "
+             "docs/configuration.md`; a test keeps it in step. Units are in brackets. The seed's flat names "
+             f"({', '.join(f'`{a}`' for a in ALIASES)}) are aliases of the section keys below.", "",
+             "| key | default | meaning |", "|---|---|---|"]
+    lines += rows("", TOP_LEVEL)
+    for name, spec in SECTIONS.items():
+        lines += rows(f"{name}.", spec)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(config_reference_markdown(), end="")
