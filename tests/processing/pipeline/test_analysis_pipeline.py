@@ -131,7 +131,7 @@ def test_rerun_skips_a_finished_map_and_restart_recomputes(analysed):
     assert again.tasks_done == 0 and again.outputs == result.outputs
 
 
-def test_one_and_two_ranks_and_kill_resume_give_identical_datasets(tmp_path):
+def test_one_two_three_ranks_and_kill_resume_give_identical_datasets(tmp_path):
     write_gaussian_kappa(tmp_path / "kappa")
     config = write_config(tmp_path)
     first = run_cli(["analyze", config], nranks=1)
@@ -151,6 +151,9 @@ def test_one_and_two_ranks_and_kill_resume_give_identical_datasets(tmp_path):
     subprocess.run(["pkill", "-9", "-f", f"lensing_ssc analyze {config}"], check=False)
     resumed = run_cli(["analyze", config], nranks=2)
     assert resumed.returncode == 0, resumed.stderr
+    assert_same_datasets(reference, output)
+    three = run_cli(["analyze", config, "--restart"], nranks=3)
+    assert three.returncode == 0, three.stderr
     assert_same_datasets(reference, output)
 
 
@@ -265,3 +268,38 @@ def test_analysis_in_process_under_mpi_matches_serial_patch_analysis(mpi_tmp_pat
     with h5py.File(result.outputs[0], "r") as handle:
         for name in ("power_spectra/ngal_1/cl", "smoothed_statistics/ngal_1/sl_60/minkowski/v2"):
             np.testing.assert_array_equal(handle[name][41], expected[name].astype(np.float32))
+
+
+def _unlabelled_map(directory):
+    """A map written without an ORDERING card (astropy, no healpy header)."""
+    from astropy.io import fits
+    directory.mkdir(parents=True, exist_ok=True)
+    column = fits.Column(name="T", format="1024E", array=np.zeros((12, 1024), dtype=np.float32))
+    table = fits.BinTableHDU.from_columns([column])
+    table.header["NSIDE"] = 32
+    table.header["PIXTYPE"] = "HEALPIX"
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(directory / "kappa_zs1.0_s1.fits")
+
+
+def _nan_map(directory):
+    path = write_gaussian_kappa(directory, nside=16)
+    values = hp.read_map(str(path), nest=True)
+    values[5] = np.nan
+    write_nested_map(path, values)
+
+
+@pytest.mark.parametrize("make_input, analysis, phrase", [
+    (_unlabelled_map, {}, "ORDERING is missing"),
+    (_nan_map, {}, "non-finite pixels"),
+    (lambda d: write_gaussian_kappa(d, nside=16), {"patch_size_deg": 80.0}, "analysis.patch_size_deg"),
+    (lambda d: write_gaussian_kappa(d, nside=16), {"xsize": 63}, "analysis.xsize"),
+    (lambda d: write_gaussian_kappa(d, nside=16), {"xsize": -2}, "analysis.xsize"),
+    (lambda d: write_gaussian_kappa(d, nside=16), {"statistics": ["pdf", "nope"]}, "nope"),
+])
+def test_bad_analysis_inputs_exit_2_without_results(tmp_path, capsys, make_input, analysis, phrase):
+    from lensing_ssc.cli import main
+    make_input(tmp_path / "kappa")
+    assert main(["analyze", str(write_config(tmp_path, **analysis))]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and phrase in error[0]
+    assert not list(tmp_path.glob("stats/*.h5"))
