@@ -17,6 +17,7 @@ from lensing_ssc import __version__
 from lensing_ssc.core.config import ProcessingConfig
 from lensing_ssc.core.errors import EXIT_CHECKPOINTED, EXIT_OK, LensingSSCError, exit_code_for
 from lensing_ssc.parallel import abort_on_exception, get_comm, root_then_bcast
+from lensing_ssc.processing.interrupts import install_process_handlers, pending_stop
 
 log = logging.getLogger("lensing_ssc")
 
@@ -61,6 +62,11 @@ def _run_stages(config: ProcessingConfig, stages: List[str]) -> int:
     comm = get_comm()
     rows = []
     for stage in stages:
+        if comm.any(pending_stop() is not None):  # a signal between stages: nothing to checkpoint
+            if comm.is_root:
+                print(f"lensing-ssc: stopped before stage {stage} ({pending_stop() or 'a stop on another rank'}); "
+                      "rerun the same command to resume", file=sys.stderr)
+            return EXIT_CHECKPOINTED
         began = time.monotonic()
         if stage == "plot":
             outputs = root_then_bcast(comm, lambda: _plot_outputs(config))
@@ -179,6 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     comm = get_comm()
     setup_logging(args.log_level, comm.rank)
+    install_process_handlers()
     try:
         with abort_on_exception(comm, exit_code_for):
             return args.func(args)

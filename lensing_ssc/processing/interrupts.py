@@ -14,6 +14,28 @@ log = logging.getLogger("lensing_ssc.interrupts")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
+_pending_reason: Optional[str] = None
+
+
+def _remember_stop(signum, frame) -> None:
+    global _pending_reason
+    _pending_reason = _pending_reason or f"signal {signal.Signals(signum).name}"
+
+
+def install_process_handlers() -> None:
+    """Make SIGTERM/SIGUSR1 set a flag for the whole life of the process (the CLI calls this first).
+
+    A signal that arrives outside a task loop (start-up, between stages, the final writes) is then
+    remembered instead of killing the rank; the next task loop or stage boundary stops with code 75.
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _remember_stop)
+
+
+def pending_stop() -> Optional[str]:
+    """The reason of a stop signal received so far in this process, or None."""
+    return _pending_reason
+
 
 def wall_time_left_s(budget_s: Optional[float], started: float, now: Optional[float] = None) -> Optional[float]:
     """Seconds left before the job must stop: the tighter of ``wall_time_budget_s`` (from ``started``,
@@ -47,10 +69,14 @@ class StopConditions:
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        self.reason = self.reason or f"signal {signal.Signals(signum).name}"
+        _remember_stop(signum, frame)
+        self.reason = self.reason or _pending_reason
         self.agreement.request()
 
     def __enter__(self) -> "StopConditions":
+        if _pending_reason:  # a signal arrived before this loop started
+            self.reason = _pending_reason
+            self.agreement.request()
         for signum in STOP_SIGNALS:
             with contextlib.suppress(ValueError):  # not the main thread: no handlers, budget only
                 self._previous[signum] = signal.signal(signum, self._handle)
