@@ -65,7 +65,8 @@ VALIDATION_NBINS = 8
 
 @dataclass(frozen=True)
 class SheetInfo:
-    """One delta sheet: its index, file, scale-factor edges (a_far < a_near) and file identity."""
+    """One delta sheet: its index, file, scale-factor edges (a_far < a_near), file identity and the
+    simulation box side [Mpc/h] (header BOXSIZE; None when absent)."""
 
     index: int
     path: str
@@ -73,6 +74,7 @@ class SheetInfo:
     a_near: float
     size: int
     mtime_ns: int
+    box_size: Optional[float] = None
 
 
 @dataclass
@@ -124,6 +126,9 @@ class KappaPlan:
             ("OM0", float(config.cosmology.Om0), "matter density of the weights"),
             ("CREATOR", f"lensing_ssc {__version__}", "Born approximation, SCIENCE.md 3.1"),
         ]
+        box_sizes = {sheet.box_size for sheet in self.sheets}
+        if len(box_sizes) == 1 and None not in box_sizes:
+            cards.append(("BOXSIZE", box_sizes.pop(), "[Mpc/h] simulation box side (replication flags)"))
         if self.mock:
             cards.append(("MOCK", True, "made from a mock light cone"))
         return cards
@@ -204,8 +209,14 @@ def discover_sheets(directory) -> Tuple[List[SheetInfo], int, List[Optional[int]
                              "0 < A_FAR < A_NEAR <= 1 (scale factors of the far and near shell edges)")
         seeds.append(_header_int(path, header, "SEED") if "SEED" in header else None)
         mock = mock or bool(header.get("MOCK", False))
+        if sheets and not math.isclose(sheets[-1].a_near, a_far, rel_tol=1e-9, abs_tol=1e-12):
+            raise InputError(f"{path}: A_FAR = {a_far} does not continue the previous sheet "
+                             f"{sheets[-1].path} (A_NEAR = {sheets[-1].a_near}); a sheet between them is "
+                             "missing — rerun the preprocess stage")
         stat = path.stat()
-        sheets.append(SheetInfo(index, str(path), a_far, a_near, int(stat.st_size), int(stat.st_mtime_ns)))
+        box_size = _header_float(path, header, "BOXSIZE") if "BOXSIZE" in header else None
+        sheets.append(SheetInfo(index, str(path), a_far, a_near, int(stat.st_size), int(stat.st_mtime_ns),
+                                box_size))
     return sheets, first_nside[0], seeds, mock
 
 

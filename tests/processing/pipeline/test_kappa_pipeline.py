@@ -11,7 +11,7 @@ from astropy.io import fits
 from lensing_ssc.core.config import ProcessingConfig
 from lensing_ssc.core.cosmology import comoving_distance_mpc, make_cosmology
 from lensing_ssc.core.errors import ConfigError, InputError
-from lensing_ssc.io.healpix_maps import read_nested_map, write_nested_map
+from lensing_ssc.io.healpix_maps import read_header, read_nested_map, write_nested_map
 from lensing_ssc.processing.pipeline.kappa import KappaPipeline
 from lensing_ssc.processing.steps import kappa_steps
 from lensing_ssc.processing.steps.kappa_steps import (
@@ -149,6 +149,18 @@ def test_mixed_nside_and_ring_ordering_are_refused(tmp_path):
     hp.write_map(str(tmp_path / "mass_sheets" / "delta-sheet-54.fits"), np.zeros(48), nest=False, overwrite=True,
                  extra_header=[("SHEET", 54), ("A_FAR", 0.54), ("A_NEAR", 0.55)])
     raises_input_error(make_config(tmp_path), "delta-sheet-54.fits", "ORDERING")
+
+
+def test_missing_sheet_in_the_range_is_refused_without_output(tmp_path):
+    simple_sheets(tmp_path, sheets=[50, 51, 53, 54])
+    raises_input_error(make_config(tmp_path), "delta-sheet-53.fits", "missing")
+    assert not (tmp_path / "kappa").exists() or not list((tmp_path / "kappa").glob("*.fits"))
+
+
+def test_box_size_of_the_sheets_is_carried_to_the_kappa_header(tmp_path):
+    simple_sheets(tmp_path, BOXSIZE=625.0)
+    output = KappaPipeline(make_config(tmp_path)).execute().outputs[0]
+    assert read_header(output)["BOXSIZE"] == 625.0
 
 
 def test_non_finite_pixels_are_an_error(tmp_path):
