@@ -1,8 +1,7 @@
 """Plugin registry: ``@register_pipeline_plugin("name")`` and the entry-point group ``lensing_ssc.plugins``.
 
 A plugin is a class with ``process(data, config)``. A plugin named in ``analysis.statistics`` runs on
-each patch (``data`` is the noisy, unsmoothed patch, float64 (xsize, xsize), plus keyword context) and
-must return a dict of numpy arrays of fixed shape; its output lands under ``/plugins/{name}`` of the
+each patch (``data`` is the noiseless, unsmoothed kappa patch, float64 (xsize, xsize)) and must return a dict of numpy arrays of fixed shape; its output lands under ``/plugins/{name}`` of the
 results file.
 """
 from __future__ import annotations
