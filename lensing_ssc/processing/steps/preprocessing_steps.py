@@ -1,0 +1,673 @@
+"""Steps of the preprocessing stage: FastPM usmesh light cone -> HEALPix overdensity sheets (SCIENCE.md §2).
+
+    DataDiscoveryStep             rank 0 opens and validates the usmesh, picks the non-empty sheets of
+                                  ``preprocessing.sheet_range``, the seed and the shell geometry, checks
+                                  the cosmology against the header; broadcasts a PreprocessingPlan
+    CoordinateTransformationStep  rank 0 fixes and checks the route from rows to NEST pixels
+    MassSheetGenerationStep       one task per sheet on all ranks: streamed bincount, overdensity,
+                                  ``{output_dir}/mass_sheets/delta-sheet-NN.fits``; checkpointed per sheet
+    QualityControlStep            rank 0: mass conservation, finite sheets, mean overdensity -> qc.json
+    ManifestWritingStep           rank 0: manifest.json, then drops the task checkpoints
+
+The coordinate transformation itself (``ID % npix``, or observer-relative ``Position`` -> unit vector
+-> ``vec2pix_nest``, slice by ``ID // npix`` or ``int(float32(Aemit) * float32(nslices))``) is done by
+:meth:`lensing_ssc.io.usmesh.UsmeshCatalog.iter_slice_chunks`, streamed chunk by chunk inside the
+mass-sheet tasks; step 2 only chooses it and checks it before any sheet is written.
+
+Memory per rank (one sheet at a time): the float64 mass map (8 B x npix; the first chunk's bincount
+becomes it, later chunks add a bincount over their pixel span), one chunk of ``chunk_size`` rows (about
+50 B per row inside the reader: ID, Mass, slice ids, mask, int64 pixels, float64 masses), then the
+float32 sheet (4 B x npix) and its copy inside the FITS writer (the float64 map is dropped before the
+write). Peak ~= 12-16 B x npix + 50 B x chunk_size above the interpreter's ~180 MB: measured +220 MB at
+nside 1024 with chunk_size 4e6 (PERFORMANCE.md's original method: +430 MB), ~13 GiB at nside 8192.
+
+Checkpoints (DESIGN.md §6): task id = sheet index. A task writes its FITS file atomically, then its
+npz bookkeeping (mass, rows, mean delta); a rerun skips checkpointed tasks, and a task whose sheet
+already exists with matching identity cards (same input, cosmology, sheet, seed) reads that
+bookkeeping from the header instead of recomputing (unless ``preprocessing.overwrite`` or --restart).
+Sheets depend only on the usmesh rows of their slice: identical bytes for any rank count or chunk size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from lensing_ssc import __version__
+from lensing_ssc.core.config import ProcessingConfig
+from lensing_ssc.core.cosmology import check_against_header, make_cosmology
+from lensing_ssc.core.errors import ConfigError, InputError, ValidationError
+from lensing_ssc.io.atomic import ensure_free_disk, write_json_atomic
+from lensing_ssc.io.healpix_maps import read_header, write_nested_map
+from lensing_ssc.io.usmesh import HEALPIX_DATASET, PARTICLE_DATASET, UsmeshCatalog, UsmeshError
+from lensing_ssc.parallel import get_comm, root_then_bcast
+from lensing_ssc.processing.resources import check_memory_estimate
+from lensing_ssc.processing.runner import StageRunner, Task
+from lensing_ssc.processing.steps.base import BaseStep
+from lensing_ssc.science.shells import mean_matter_density, pixel_volume, sheet_filename, shell_geometry
+
+log = logging.getLogger("lensing_ssc.preprocess")
+
+STAGE = "preprocess"
+SHEETS_SUBDIR = "mass_sheets"
+QC_FILE = "qc.json"
+MANIFEST_FILE = "manifest.json"
+# write_mock_lightcone writes Header LibFastPMVersion = "lensing_ssc-mock-<version>"; real FastPM a number.
+MOCK_LIBFASTPM_PREFIX = "lensing_ssc-mock"
+# Rows read beyond the aemitIndex.offset range of a slice on each side (only rows whose slice id matches
+# are kept): absorbs offsets that are off by a few rows, like the original's extra_index = 100.
+SLICE_ROW_MARGIN = 1024
+# Conservation: the mass recovered from the float32 sheet, sum((delta + 1) rhobar V_pix), against the
+# float64 sum of the Mass of the rows. float32 rounding of delta is <= 2**-24 |delta| per pixel, so the
+# sum is off by < 3 * 2**-24 ~ 2e-7 relative; 1e-6 leaves room and still catches any lost row.
+CONSERVATION_RTOL = 1e-6
+# Mean delta of a full-sky sheet: warn beyond this many Poisson sigmas (1 / sqrt(expected particles)).
+MEAN_DELTA_SIGMAS = 5.0
+# A sheet is "full sky" when all 48 nside-2 regions (12 at nside 1) hold mass.
+COARSE_NSIDE = 2
+# Bytes per row held while a chunk is processed (reader columns, mask, int64 pixels, float64 masses).
+BYTES_PER_CHUNK_ROW = 50
+# Pixels per block when converting the float64 mass map to the float32 overdensity.
+_OVERDENSITY_BLOCK = 1 << 16
+# Header cards holding the bookkeeping of a sheet (read back when an existing sheet is reused).
+BOOKKEEPING_CARDS = ("MASS", "NROWS", "DMEAN", "COVERED")
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: what rank 0 learns from the usmesh, broadcast to every rank.
+
+@dataclass(frozen=True)
+class SheetPlan:
+    """One sheet: index, output file, shell edges (a_far < a_near; z_far > z_near; chi [Mpc/h]), full-sky
+    shell volume [(Mpc/h)^3] and the nominal rows of its slice (aemitIndex.offset)."""
+
+    index: int
+    path: str
+    a_far: float
+    a_near: float
+    z_far: float
+    z_near: float
+    chi_far: float
+    chi_near: float
+    volume: float
+    nominal_rows: int
+
+
+@dataclass
+class PreprocessingPlan:
+    """Everything the sheet tasks need, picklable (no open files)."""
+
+    usmesh: str
+    dataset: str
+    nside: int
+    nslices: int
+    edges: np.ndarray
+    sheets: Tuple[SheetPlan, ...]
+    seed: Optional[int]
+    mock: bool
+    box_size: float
+    nc: int
+    particle_mass: float
+    rhobar: float
+    observer: Tuple[float, float, float]
+    H0: float
+    Om0: float
+    identity: Dict[str, object]
+    route: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def npix(self) -> int:
+        return 12 * self.nside ** 2
+
+    @property
+    def input_id(self) -> str:
+        """sha256[:16] of the usmesh content identity (header card INPUTID)."""
+        blob = json.dumps(self.identity, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def sheet(self, index: int) -> SheetPlan:
+        return next(s for s in self.sheets if s.index == index)
+
+    def open_catalog(self) -> UsmeshCatalog:
+        """The usmesh dataset of the plan (each rank opens its own)."""
+        return UsmeshCatalog(self.usmesh, dataset=self.dataset,
+                             nside_out=self.nside if self.dataset == PARTICLE_DATASET else None,
+                             observer=self.observer)
+
+    def identity_cards(self, sheet: SheetPlan) -> List[Tuple[str, object, str]]:
+        """The header cards that say what the sheet was made from (compared to reuse a sheet)."""
+        cards = [
+            ("SHEET", sheet.index, "sheet index: scale factor in [A_FAR, A_NEAR]"),
+            ("A_FAR", sheet.a_far, "scale factor of the far shell edge"),
+            ("A_NEAR", sheet.a_near, "scale factor of the near shell edge"),
+            ("H0", self.H0, "km/s/Mpc, cosmology of the distances"),
+            ("OM0", self.Om0, "matter density of the distances"),
+            ("DATASET", self.dataset, "usmesh dataset read (HEALPIX or particles)"),
+            ("INPUTID", self.input_id, "sha256[:16] of the usmesh identity"),
+        ]
+        if self.seed is not None:
+            cards.append(("SEED", self.seed, "simulation seed"))
+        return cards
+
+    def header_cards(self, sheet: SheetPlan, book: Dict[str, object]) -> List[Tuple[str, object, str]]:
+        """All header cards of a sheet file; ``book`` is its bookkeeping (mass, rows, mean_delta, full_sky)."""
+        cards = self.identity_cards(sheet) + [
+            ("Z_FAR", sheet.z_far, "redshift of the far shell edge"),
+            ("Z_NEAR", sheet.z_near, "redshift of the near shell edge"),
+            ("CHI_FAR", sheet.chi_far, "[Mpc/h] comoving distance of the far edge"),
+            ("CHI_NEAR", sheet.chi_near, "[Mpc/h] comoving distance of the near edge"),
+            ("MASS", float(book["mass"]), "[1e10 Msun/h] total mass in the sheet"),
+            ("NROWS", int(book["rows"]), f"usmesh rows summed ({self.dataset})"),
+        ]
+        if self.dataset == PARTICLE_DATASET:
+            cards.append(("NPART", int(book["rows"]), "particles in the sheet"))
+        cards += [
+            ("DMEAN", float(book["mean_delta"]), "mean of the stored overdensity"),
+            ("COVERED", bool(book["full_sky"]), "mass in every nside-2 region"),
+            ("RHOBAR", self.rhobar, "[1e10 Msun/h (Mpc/h)^-3] mean matter density"),
+            ("BOXSIZE", self.box_size, "[Mpc/h] simulation box side"),
+            ("MOCK", self.mock, "made from a lensing_ssc mock light cone"),
+            ("CREATOR", f"lensing_ssc {__version__}", "delta = M/(rhobar V_pix) - 1, SCIENCE.md 2.3"),
+        ]
+        return cards
+
+
+def sheets_directory(config: ProcessingConfig) -> Path:
+    return Path(config.output_dir) / SHEETS_SUBDIR
+
+
+def _usmesh_identity(catalog: UsmeshCatalog, seed: Optional[int]) -> Dict[str, object]:
+    """Content identity of the usmesh (not its path, so moving it does not invalidate the sheets)."""
+    offsets = catalog.offsets
+    return {"dataset": catalog.dataset, "nrows": catalog.nrows, "npix": catalog.npix,
+            "nslices": catalog.nslices, "offsets_sha256": hashlib.sha256(offsets.tobytes()).hexdigest()[:16],
+            "libfastpm": str(catalog.attrs.get("LibFastPMVersion", "")), "seed": seed,
+            "box_size": catalog.box_size, "nc": catalog.nc, "particle_mass": catalog.particle_mass}
+
+
+def open_usmesh(config: ProcessingConfig) -> UsmeshCatalog:
+    """Open ``data_dir`` with the configured dataset; InputError naming the path for a bad usmesh."""
+    path = config.data_dir
+    if not path:
+        raise ConfigError(["data_dir: expected the FastPM usmesh directory to preprocess, got nothing"],
+                          config.source)
+    if not os.path.isdir(path):
+        problem = "is not a directory" if os.path.exists(path) else "usmesh directory not found"
+        hint = " (mock.enabled is true: run `lensing-ssc mock CONFIG` first)" if config.mock.enabled else ""
+        raise InputError(f"{path}: {problem} (data_dir); expected a FastPM usmesh BigFile directory with "
+                         f"Header/ and HEALPIX/ or 1/ blocks{hint}")
+    prep = config.preprocessing
+    try:
+        catalog = UsmeshCatalog(path, dataset=prep.dataset, nside_out=prep.nside_out, observer=prep.observer)
+    except UsmeshError as exc:
+        raise InputError(str(exc)) from None
+    problems = catalog.validate()
+    if problems:
+        raise InputError(f"{path}: usmesh (dataset {prep.dataset}) cannot be preprocessed: " + "; ".join(problems))
+    return catalog
+
+
+def build_plan(config: ProcessingConfig) -> PreprocessingPlan:
+    """Rank 0: validate the usmesh, choose the sheets and compute their geometry."""
+    catalog = open_usmesh(config)
+    path = catalog.path
+    cosmo = make_cosmology(config.cosmology.H0, config.cosmology.Om0)
+    for warning in check_against_header(cosmo, catalog.omega_m, catalog.hubble_param):
+        log.warning("preprocess: %s", warning)
+    start, stop = config.preprocessing.sheet_range
+    nonempty = catalog.nonempty_slices()
+    chosen = [int(i) for i in nonempty if start <= i < stop]
+    if not chosen:
+        found = f"{nonempty.min()}..{nonempty.max()}" if nonempty.size else "none"
+        raise InputError(f"{path}: no non-empty slice in preprocessing.sheet_range [{start}, {stop}) "
+                         f"(non-empty slices of the usmesh: {found})")
+    edges = catalog.aemit_edges
+    index = np.asarray(chosen)
+    try:
+        geometry = shell_geometry(cosmo, edges[index], edges[index + 1])
+    except ValueError as exc:
+        raise InputError(f"{path}: slices {chosen} have scale-factor edges outside (0, 1] "
+                         f"(attr 'aemitIndex.edges'): {exc}") from None
+    rows = catalog.rows_per_slice()
+    seed = config.seed if config.seed is not None else catalog.seed
+    if seed is None:
+        log.warning("preprocess: no simulation seed (config `seed`, usmesh attr 'seed', ParamFile random_seed "
+                    "or _s<N> in %s); the sheets get no SEED card and the kappa stage will need `seed:`", path)
+    directory = sheets_directory(config)
+    sheets = tuple(
+        SheetPlan(index=i, path=str(directory / sheet_filename(i, catalog.nslices)),
+                  a_far=float(edges[i]), a_near=float(edges[i + 1]),
+                  z_far=float(geometry["z_far"][k]), z_near=float(geometry["z_near"][k]),
+                  chi_far=float(geometry["chi_far"][k]), chi_near=float(geometry["chi_near"][k]),
+                  volume=float(geometry["volume"][k]), nominal_rows=int(rows[i]))
+        for k, i in enumerate(chosen))
+    mock = str(catalog.attrs.get("LibFastPMVersion", "")).startswith(MOCK_LIBFASTPM_PREFIX)
+    plan = PreprocessingPlan(
+        usmesh=os.path.abspath(path), dataset=catalog.dataset, nside=catalog.nside, nslices=catalog.nslices,
+        edges=edges, sheets=sheets, seed=seed, mock=mock, box_size=catalog.box_size, nc=catalog.nc,
+        particle_mass=catalog.particle_mass,
+        rhobar=mean_matter_density(catalog.particle_mass, catalog.nc, catalog.box_size),
+        observer=tuple(float(v) for v in catalog.observer), H0=float(config.cosmology.H0),
+        Om0=float(config.cosmology.Om0), identity=_usmesh_identity(catalog, seed))
+    log.info("preprocess: %s (%s, nside %d): %d sheets %d..%d, %d rows, seed %s%s", path, plan.dataset,
+             plan.nside, len(sheets), chosen[0], chosen[-1], sum(s.nominal_rows for s in sheets), seed,
+             " (mock)" if mock else "")
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# The route from rows to NEST pixels, and its check.
+
+def _coarse_mass(catalog: UsmeshCatalog, index: int, nside_coarse: int, chunk_size: int) -> np.ndarray:
+    """Mass [1e10 Msun/h] of slice ``index`` on the NEST pixels of ``nside_coarse`` (parent = ipix // 4^k)."""
+    factor = (catalog.nside // nside_coarse) ** 2
+    total = np.zeros(12 * nside_coarse ** 2)
+    for ipix, mass in catalog.iter_slice_chunks(index, chunk_size, margin=SLICE_ROW_MARGIN):
+        total += np.bincount(ipix // factor, weights=mass, minlength=total.size)
+    return total
+
+
+def check_particle_route(config: ProcessingConfig, plan: PreprocessingPlan) -> str:
+    """Compare the particle route with the HEALPIX block (if any) on the sheet with the fewest rows.
+
+    Both are binned to the coarser of the two nsides (NEST parents), so the check covers the observer,
+    the NEST ordering and the float32 slice rule. Returns a description of what was checked; raises
+    InputError (validation_level strict) or warns (basic) on a mismatch.
+    """
+    sheet = min(plan.sheets, key=lambda s: s.nominal_rows)
+    chunk = config.preprocessing.chunk_size
+    try:
+        healpix = UsmeshCatalog(plan.usmesh, dataset=HEALPIX_DATASET)
+        nside = min(healpix.nside, plan.nside)
+        from_healpix = _coarse_mass(healpix, sheet.index, nside, chunk)
+    except UsmeshError as exc:
+        return f"not cross-checked (no usable HEALPIX block: {exc})"
+    try:
+        from_particles = _coarse_mass(plan.open_catalog(), sheet.index, nside, chunk)
+    except UsmeshError as exc:
+        raise InputError(str(exc)) from None
+    if np.allclose(from_particles, from_healpix, rtol=1e-5, atol=0.0):
+        return (f"particles agree with the HEALPIX block on sheet {sheet.index} at nside {nside} "
+                f"({np.count_nonzero(from_particles)} pixels with mass)")
+    differ = int(np.count_nonzero(~np.isclose(from_particles, from_healpix, rtol=1e-5, atol=0.0)))
+    message = (f"{plan.usmesh}: the particle route (block 1/, observer {list(plan.observer)} Mpc/h) and the "
+               f"HEALPIX block disagree on sheet {sheet.index}: {differ} of {from_particles.size} nside-{nside} "
+               f"pixels differ (mass {from_particles.sum():.6g} vs {from_healpix.sum():.6g}); check "
+               "preprocessing.observer (FastPM puts the observer at the origin)")
+    if config.preprocessing.validation_level == "strict":
+        raise InputError(message)
+    log.warning("preprocess: %s", message)
+    return "MISMATCH: " + message
+
+
+def choose_route(config: ProcessingConfig, plan: PreprocessingPlan) -> Dict[str, object]:
+    """Rank 0: describe and check the row -> (slice, NEST pixel) route of the plan."""
+    nside_out = config.preprocessing.nside_out
+    if plan.dataset == HEALPIX_DATASET:
+        if nside_out is not None and nside_out != plan.nside:
+            raise ConfigError([f"preprocessing.nside_out: the HEALPIX route keeps the nside of the usmesh pixel "
+                               f"ids ({plan.nside}), got {nside_out}; remove nside_out or use dataset: particles"],
+                              config.source)
+        return {"dataset": plan.dataset, "nside": plan.nside,
+                "transformation": "slice = ID // npix, NEST pixel = ID % npix (FastPM ids are NEST)",
+                "check": "none needed (pixel ids come from FastPM)"}
+    check = ("skipped (validation_level none)" if config.preprocessing.validation_level == "none"
+             else check_particle_route(config, plan))
+    return {"dataset": plan.dataset, "nside": plan.nside, "observer_mpch": list(plan.observer),
+            "transformation": "slice = int(float32(Aemit) * float32(nslices)); NEST pixel = "
+                              "vec2pix_nest(nside_out, Position - observer)",
+            "check": check}
+
+
+# ---------------------------------------------------------------------------------------------
+# One sheet.
+
+def accumulate_sheet_mass(catalog: UsmeshCatalog, index: int, chunk_size: int) -> Tuple[np.ndarray, int, float]:
+    """Stream the rows of slice ``index`` in chunks; return (mass per NEST pixel float64 (npix,)
+    [1e10 Msun/h], rows kept, float64 sum of the rows' masses).
+
+    HEALPIX rows: ``np.bincount`` of each chunk's pixels weighted by Mass, summed in float64 (duplicated
+    ids, a slice split across light-cone events, add up). The first chunk's full-sky bincount becomes
+    the accumulator (no zero map plus a full-sky addition); later chunks add a bincount over their pixel
+    span only. Particles: integer counts per pixel times the particle mass at the end, so the map is
+    exact and independent of the chunking (repeated float additions of one mass would round
+    differently per chunk).
+    """
+    weighted = catalog.dataset == HEALPIX_DATASET
+    totals = None
+    rows, row_mass = 0, 0.0
+    for ipix, mass in catalog.iter_slice_chunks(index, chunk_size, margin=SLICE_ROW_MARGIN):
+        weights = mass if weighted else None
+        if totals is None:
+            totals = np.bincount(ipix, weights=weights, minlength=catalog.npix)
+        else:
+            lo, hi = int(ipix.min()), int(ipix.max()) + 1
+            totals[lo:hi] += np.bincount(ipix - lo, weights=weights, minlength=hi - lo)
+        rows += ipix.size
+        row_mass += float(mass.sum())
+    if totals is None:
+        totals = np.zeros(catalog.npix, dtype=np.float64 if weighted else np.int64)
+    if not weighted:
+        totals = totals * catalog.particle_mass
+    return totals, rows, row_mass
+
+
+def overdensity_float32(mass: np.ndarray, chi_far: float, chi_near: float, rhobar: float) -> np.ndarray:
+    """float32 delta = M / (V_pix rhobar) - 1 of a (npix,) float64 mass map [1e10 Msun/h].
+
+    The same float64 operations as :func:`lensing_ssc.science.shells.overdensity` (so the same bits), done
+    in cache-sized pixel blocks through one scratch buffer: no second float64 map at the peak, and ~4x
+    faster than whole-map temporaries. chi [Mpc/h], rhobar [1e10 Msun/h / (Mpc/h)^3].
+    """
+    expected = pixel_volume(chi_far, chi_near, mass.size) * rhobar
+    out = np.empty(mass.size, dtype=np.float32)
+    scratch = np.empty(min(_OVERDENSITY_BLOCK, mass.size))
+    for start in range(0, mass.size, _OVERDENSITY_BLOCK):
+        block = scratch[:min(_OVERDENSITY_BLOCK, mass.size - start)]
+        np.divide(mass[start:start + block.size], expected, out=block)
+        block -= 1.0
+        out[start:start + block.size] = block
+    return out
+
+
+def coarse_region_mass(mass: np.ndarray) -> np.ndarray:
+    """Mass in each NEST region at nside 2 (48 regions; the 12 base pixels at nside 1), float64."""
+    regions = 12 * COARSE_NSIDE ** 2 if mass.size >= 12 * COARSE_NSIDE ** 2 else 12
+    return mass.reshape(regions, -1).sum(axis=1)
+
+
+def _close(found, expected) -> bool:
+    if isinstance(expected, bool) or isinstance(found, bool):
+        return found is expected or found == expected
+    if isinstance(expected, float):
+        return isinstance(found, (int, float)) and math.isclose(found, expected, rel_tol=1e-12, abs_tol=1e-15)
+    return str(found).strip() == str(expected)
+
+
+def existing_bookkeeping(plan: PreprocessingPlan, sheet: SheetPlan) -> Optional[Dict[str, np.ndarray]]:
+    """Bookkeeping of an existing sheet file made from the same input and settings, else None."""
+    path = Path(sheet.path)
+    if not path.is_file():
+        return None
+    try:
+        header = read_header(path)
+    except InputError as exc:
+        log.warning("preprocess: %s; recomputing it", exc)
+        return None
+    expected = {key: value for key, value, _ in plan.identity_cards(sheet)}
+    expected.setdefault("SEED", None)
+    current = int(header["NSIDE"]) == plan.nside and all(
+        (header.get(key) is None) if value is None else (key in header and _close(header[key], value))
+        for key, value in expected.items()) and all(key in header for key in BOOKKEEPING_CARDS)
+    if not current:
+        log.warning("preprocess: %s exists but was made from another input or config (header cards %s); "
+                    "recomputing it", path, ", ".join(expected))
+        return None
+    mass = float(header["MASS"])
+    return _bookkeeping(mass, mass, int(header["NROWS"]), float(header["DMEAN"]), bool(header["COVERED"]),
+                        reused=True)
+
+
+def _bookkeeping(mass, row_mass, rows, mean_delta, is_full_sky, reused=False) -> Dict[str, np.ndarray]:
+    """The npz record of a sheet task (0-d arrays): map total and rows' Mass sum [1e10 Msun/h], rows kept,
+    mean of the stored delta, full-sky coverage, and whether an existing file was reused."""
+    return {"mass": np.float64(mass), "row_mass": np.float64(row_mass), "rows": np.int64(rows),
+            "mean_delta": np.float64(mean_delta), "full_sky": np.bool_(is_full_sky), "reused": np.bool_(reused)}
+
+
+def make_sheet(plan: PreprocessingPlan, catalog: UsmeshCatalog, sheet: SheetPlan,
+               chunk_size: int) -> Dict[str, np.ndarray]:
+    """Compute and write one delta sheet (NESTED float32 FITS, atomically); return its bookkeeping."""
+    try:
+        mass, rows, row_mass = accumulate_sheet_mass(catalog, sheet.index, chunk_size)
+    except UsmeshError as exc:
+        raise InputError(str(exc)) from None
+    regions = coarse_region_mass(mass)
+    delta = overdensity_float32(mass, sheet.chi_far, sheet.chi_near, plan.rhobar)
+    del mass  # the FITS write copies the float32 sheet: keep the float64 map out of that peak
+    mean_delta = float(np.mean(delta, dtype=np.float64))
+    if not math.isfinite(mean_delta):
+        raise InputError(f"{plan.usmesh}: sheet {sheet.index} has {np.count_nonzero(~np.isfinite(delta))} "
+                         "non-finite pixels (non-finite Mass in the usmesh rows?); refusing to write it")
+    book = _bookkeeping(float(regions.sum()), row_mass, rows, mean_delta, bool(np.all(regions > 0)))
+    write_nested_map(sheet.path, delta, plan.header_cards(sheet, book), dtype=np.float32)
+    return book
+
+
+def estimate_memory_mb(npix: int, chunk_size: int) -> float:
+    """Peak per rank above the interpreter [MiB]: float64 map + float32 sheet + its FITS copy + one chunk."""
+    return (npix * (8 + 4 + 4) + chunk_size * BYTES_PER_CHUNK_ROW) / 2 ** 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality control and manifest.
+
+def quality_control(config: ProcessingConfig, plan: PreprocessingPlan,
+                    books: Dict[int, Dict[str, np.ndarray]]) -> Dict[str, object]:
+    """Rank 0: conservation, finiteness, mean delta and row checks of the sheets -> qc report dict.
+
+    ``failures`` (status "failed"): a sheet file missing, mass not conserved, a non-finite mean delta
+    (a sheet is never written with non-finite pixels; this catches a reused file that has them);
+    ``warnings``: full-sky sheets whose mean delta is beyond MEAN_DELTA_SIGMAS Poisson sigmas, rows that
+    differ from the aemitIndex.offset counts. The caller decides whether a failure is fatal.
+    """
+    level = config.preprocessing.validation_level
+    report: Dict[str, object] = {"validation_level": level, "status": "skipped", "sheets": []}
+    if level == "none":
+        return report
+    failures: List[str] = []
+    warnings: List[str] = []
+    off_mean: List[str] = []
+    checks = {"files_present": True, "conservation": True, "finite": True, "mean_delta_within_poisson": True}
+    rows_total = nominal_total = 0
+    row_mass_total = sheet_mass_total = 0.0
+    for sheet in plan.sheets:
+        book = books[sheet.index]
+        if not Path(sheet.path).is_file():
+            checks["files_present"] = False
+            failures.append(f"{sheet.path}: sheet file missing after the stage (deleted during the run?); "
+                            "rerun with --restart")
+        mean_delta = float(book["mean_delta"])
+        mass_from_sheet = (1.0 + mean_delta) * plan.rhobar * sheet.volume  # sum of (delta + 1) rhobar V_pix
+        row_mass = float(book["row_mass"])
+        relative = abs(mass_from_sheet - row_mass) / max(row_mass, np.finfo(float).tiny)
+        sigma = 1.0 / math.sqrt(plan.rhobar * sheet.volume / plan.particle_mass)  # 1/sqrt(expected particles)
+        entry = {"sheet": sheet.index, "rows": int(book["rows"]), "nominal_rows": sheet.nominal_rows,
+                 "row_mass": row_mass, "mass_from_sheet": mass_from_sheet, "conservation_rel_error": relative,
+                 "mean_delta": mean_delta, "poisson_sigma": sigma, "full_sky": bool(book["full_sky"]),
+                 "reused": bool(book["reused"])}
+        report["sheets"].append(entry)
+        if relative > CONSERVATION_RTOL:
+            checks["conservation"] = False
+            failures.append(f"sheet {sheet.index}: mass in the sheet {mass_from_sheet:.10g} differs from the "
+                            f"rows' Mass {row_mass:.10g} by {relative:.2e} (> {CONSERVATION_RTOL:g} relative)")
+        if not math.isfinite(mean_delta):
+            checks["finite"] = False
+            failures.append(f"{sheet.path}: non-finite pixels (mean delta {mean_delta})")
+        if entry["full_sky"] and abs(mean_delta) > MEAN_DELTA_SIGMAS * sigma:
+            checks["mean_delta_within_poisson"] = False
+            off_mean.append(f"{sheet.index} ({mean_delta:+.3g}, {mean_delta / sigma:+.0f} sigma)")
+        rows_total += entry["rows"]
+        nominal_total += sheet.nominal_rows
+        row_mass_total += row_mass
+        sheet_mass_total += mass_from_sheet
+    if off_mean:
+        warnings.append(f"{len(off_mean)} full-sky sheet(s) have a mean delta beyond {MEAN_DELTA_SIGMAS:g} Poisson "
+                        "sigmas of 0 (large-scale structure in a thin shell, a shell cut by the light-cone edge, "
+                        "or a wrong mass/box/cosmology): " + ", ".join(off_mean))
+    checks["rows_match_offsets"] = rows_total == nominal_total
+    if not checks["rows_match_offsets"]:
+        warnings.append(f"{rows_total} rows summed but aemitIndex.offset lists {nominal_total} for these sheets "
+                        "(rows outside their slice's offset range, absorbed by the read margin)")
+    total_relative = abs(sheet_mass_total - row_mass_total) / max(row_mass_total, np.finfo(float).tiny)
+    report["totals"] = {"rows": rows_total, "nominal_rows": nominal_total, "row_mass": row_mass_total,
+                        "mass_from_sheets": sheet_mass_total, "conservation_rel_error": total_relative,
+                        "conservation_rtol": CONSERVATION_RTOL}
+    report["checks"] = checks
+    report["failures"], report["warnings"] = failures, warnings
+    report["status"] = "failed" if failures else ("warnings" if warnings else "ok")
+    for warning in warnings:
+        log.warning("preprocess QC: %s", warning)
+    return report
+
+
+def manifest(config: ProcessingConfig, plan: PreprocessingPlan, books: Dict[int, Dict[str, np.ndarray]],
+             qc_status: str, nranks: int) -> Dict[str, object]:
+    """The stage's record: sheets, edges, seed, nside, cosmology, version and input identity."""
+    return {
+        "stage": STAGE, "package": "lensing_ssc", "package_version": __version__,
+        "config_hash": config.science_hash(),
+        "input": {"usmesh": plan.usmesh, "input_id": plan.input_id, **plan.identity},
+        "route": plan.route, "seed": plan.seed, "mock": plan.mock, "nside": plan.nside, "npix": plan.npix,
+        "ordering": "NESTED", "dtype": "float32", "nslices": plan.nslices,
+        "edges": [float(e) for e in plan.edges],
+        "cosmology": {"H0": plan.H0, "Om0": plan.Om0, "Tcmb0": 0.0, "model": "FlatLambdaCDM"},
+        "box_size_mpch": plan.box_size, "nc": plan.nc, "particle_mass_1e10msunh": plan.particle_mass,
+        "rhobar_1e10msunh_per_mpch3": plan.rhobar,
+        "chunk_size": config.preprocessing.chunk_size, "row_margin": SLICE_ROW_MARGIN, "n_ranks": nranks,
+        "qc": {"file": QC_FILE, "status": qc_status},
+        "sheets": [{"index": s.index, "file": Path(s.path).name, "a_far": s.a_far, "a_near": s.a_near,
+                    "z_far": s.z_far, "z_near": s.z_near, "chi_far_mpch": s.chi_far, "chi_near_mpch": s.chi_near,
+                    "mass": float(books[s.index]["mass"]), "rows": int(books[s.index]["rows"]),
+                    "mean_delta": float(books[s.index]["mean_delta"])} for s in plan.sheets],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps.
+
+class DataDiscoveryStep(BaseStep):
+    """Data discovery and validation: rank 0 builds the PreprocessingPlan; every rank receives it."""
+
+    retryable = False
+
+    def execute(self, input_data):
+        return {"plan": root_then_bcast(get_comm(), lambda: build_plan(self.config))}
+
+
+class CoordinateTransformationStep(BaseStep):
+    """Chooses and checks the row -> (slice, NEST pixel) route; the transformation itself is streamed
+    in the chunk loop of the sheet tasks (:meth:`UsmeshCatalog.iter_slice_chunks`)."""
+
+    retryable = False
+
+    def validate_input(self, data) -> bool:
+        return isinstance(data, dict) and isinstance(data.get("plan"), PreprocessingPlan)
+
+    def execute(self, data):
+        plan: PreprocessingPlan = data["plan"]
+        plan.route = root_then_bcast(get_comm(), lambda: choose_route(self.config, plan))
+        if get_comm().is_root:
+            log.info("preprocess: route %s; check: %s", plan.route["transformation"], plan.route["check"])
+        return data
+
+
+class MassSheetGenerationStep(BaseStep):
+    """One task per sheet on all ranks (balanced by rows): stream, bincount, overdensity, FITS."""
+
+    retryable = False
+
+    def validate_input(self, data) -> bool:
+        return isinstance(data, dict) and isinstance(data.get("plan"), PreprocessingPlan)
+
+    def execute(self, data):
+        config, comm = self.config, get_comm()
+        plan: PreprocessingPlan = data["plan"]
+        chunk_size = config.preprocessing.chunk_size
+        reuse = not config.preprocessing.overwrite and config.pipeline.resume != "restart"
+
+        def check_resources():
+            check_memory_estimate(estimate_memory_mb(plan.npix, chunk_size), config.memory_limit_mb,
+                                  f"preprocess at nside {plan.nside} with chunk_size {chunk_size}")
+            ensure_free_disk(sheets_directory(config), len(plan.sheets) * (plan.npix * 4 + 16384),
+                             "the delta sheets")
+
+        root_then_bcast(comm, check_resources)
+        runner = StageRunner(config, STAGE)
+        opened: List[UsmeshCatalog] = []
+
+        def process(task: Task) -> Dict[str, np.ndarray]:
+            sheet = plan.sheet(task.task_id)
+            if reuse:
+                book = existing_bookkeeping(plan, sheet)
+                if book is not None:
+                    return book
+            if not opened:
+                opened.append(plan.open_catalog())
+            return make_sheet(plan, opened[0], sheet, chunk_size)
+
+        # cost: the rows, plus the per-sheet pixel work (overdensity and FITS write ~ npix rows of bincount)
+        tasks = [Task(task_id=s.index, cost=float(s.nominal_rows + plan.npix)) for s in plan.sheets]
+        self.reports.append(runner.run(tasks, process, plan.identity))
+        return {**data, "runner": runner, "tasks": tasks}
+
+
+class QualityControlStep(BaseStep):
+    """Quality control on rank 0 from the task bookkeeping; writes ``mass_sheets/qc.json`` atomically."""
+
+    retryable = False
+
+    def validate_input(self, data) -> bool:
+        return isinstance(data, dict) and "runner" in data
+
+    def execute(self, data):
+        config, plan, runner = self.config, data["plan"], data["runner"]
+        path = sheets_directory(config) / QC_FILE
+
+        def run():
+            books = {task.task_id: runner.load(task) for task in data["tasks"]}
+            report = quality_control(config, plan, books)
+            write_json_atomic(path, report)
+            if report["status"] == "failed":
+                message = f"{path}: preprocessing quality control failed: " + "; ".join(report["failures"])
+                if config.preprocessing.validation_level == "strict":
+                    raise ValidationError(message)
+                log.warning("preprocess QC: %s", message)
+            log.info("preprocess QC: %s (%d sheets, total mass conserved to %.1e)", report["status"],
+                     len(plan.sheets), report.get("totals", {}).get("conservation_rel_error", float("nan")))
+            return books, report["status"]
+
+        books, status = root_then_bcast(get_comm(), run)
+        self.outputs.append(str(path))
+        return {**data, "books": books, "qc_status": status}
+
+
+class ManifestWritingStep(BaseStep):
+    """Output writing: ``mass_sheets/manifest.json`` (atomic) on rank 0, then the task checkpoints go."""
+
+    retryable = False
+
+    def validate_input(self, data) -> bool:
+        return isinstance(data, dict) and "books" in data
+
+    def execute(self, data):
+        config, comm, plan = self.config, get_comm(), data["plan"]
+        path = sheets_directory(config) / MANIFEST_FILE
+
+        def write():
+            write_json_atomic(path, manifest(config, plan, data["books"], data["qc_status"], comm.size))
+            names = {Path(s.path).name for s in plan.sheets}
+            others = sorted(p.name for p in path.parent.glob("delta-sheet-*.fits") if p.name not in names)
+            if others:
+                log.warning("preprocess: %s also holds sheets outside this run (%s); the kappa stage reads "
+                            "every delta-sheet file there", path.parent, ", ".join(others))
+            data["runner"].store.clear()  # every sheet is written: the bookkeeping lives in the manifest
+            log.info("preprocess: wrote %d sheets and %s", len(plan.sheets), path)
+
+        root_then_bcast(comm, write)
+        self.outputs.extend([s.path for s in plan.sheets] + [str(path)])
+        return data
+
+    def validate_output(self, data) -> bool:
+        return all(os.path.isfile(s.path) for s in data["plan"].sheets)
+
+
+__all__ = ["DataDiscoveryStep", "CoordinateTransformationStep", "MassSheetGenerationStep", "QualityControlStep",
+           "ManifestWritingStep", "PreprocessingPlan", "SheetPlan"]
