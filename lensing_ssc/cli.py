@@ -86,12 +86,18 @@ def _run_stages(config: ProcessingConfig, stages: List[str]) -> int:
         lines = [f"{'stage':<11} {'wall_s':>8} {'tasks':>7} {'skipped':>8} {'peak_MB/rank':>13} {'outputs':>8}"]
         lines += [f"{s:<11} {t:>8.1f} {d:>7d} {k:>8d} {m:>13.0f} {o:>8d}" for s, t, d, k, m, o in rows]
         print("\n".join(lines), file=sys.stderr)
-        print(f"lensing-ssc: done. Outputs under {Path(config.output_dir).resolve()}", file=sys.stderr)
+        output = Path(config.output_dir).resolve()
+        where = {"mass sheets": "mass_sheets", "kappa maps": "kappa", "statistics": "stats", "plots": "plots"}
+        found = [f"{label}: {output / sub}" for label, sub in where.items() if (output / sub).exists()]
+        print("lensing-ssc: done. " + "; ".join(found or [f"outputs under {output}"]), file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_stage(args) -> int:
-    return _run_stages(load_config(args.config, args), [args.command])
+    config = load_config(args.config, args)
+    if args.command == "mock":  # asked for explicitly: write it whatever mock.enabled says
+        config.mock.enabled = True
+    return _run_stages(config, [args.command])
 
 
 def cmd_run(args) -> int:

@@ -291,7 +291,7 @@ SCIENCE_KEYS: Dict[str, Tuple[str, ...]] = {
     "kappa": ("source_redshifts",),
     "analysis": ("patch_size_deg", "statistics", "smoothing_lengths", "xsize", "ngal", "epsilon", "lmin",
                  "lmax", "nbin", "nu_bins", "noise_seed", "centers"),
-    "mock": tuple(SECTIONS["mock"]),
+    "mock": tuple(key for key in SECTIONS["mock"] if key != "enabled"),
     "cosmology": ("H0", "Om0"),
 }
 

@@ -315,7 +315,8 @@ class ResultAggregationStep(BaseStep):
 
 class OutputWritingStep(BaseStep):
     """Output writing: one ``stats_zs{zs}_s{seed}_oa{S}.h5`` per map, written by all ranks (parallel
-    HDF5), with the original layout, provenance, patch centres and flags, and ``/summary``."""
+    HDF5), with the original layout, provenance, patch centres and flags, and ``/summary``; then the
+    map's task checkpoints are removed."""
 
     retryable = False
 
@@ -326,7 +327,7 @@ class OutputWritingStep(BaseStep):
         config, comm = self.config, get_comm()
         settings = settings_from_config(config)
         npatch = int(data["theta"].size)
-        for kappa_map, aggregated in zip(data["todo"], data["aggregated"]):
+        for kappa_map, aggregated, runner in zip(data["todo"], data["aggregated"], data["runners"]):
             flags = data["flags"][kappa_map.path]
             row_shapes = {path: ((npatch,) + tuple(shape), "f4") for path, shape in aggregated["row_shapes"].items()}
             my_rows = {path: block.astype(np.float32) for path, block in aggregated["rows"].items()}
@@ -337,6 +338,8 @@ class OutputWritingStep(BaseStep):
                 comm, finish=lambda handle, rows=list(row_shapes), flags=flags: _write_summary(
                     handle, rows, ~flags if exclude else np.ones_like(flags)))
             self.outputs.append(str(path))
+            if comm.is_root:  # the results file is complete: its task checkpoints are no longer needed
+                runner.store.clear()
         return data
 
     @staticmethod
