@@ -113,10 +113,21 @@ def cmd_run(args) -> int:
     return _run_stages(config, stages)
 
 
+def _validate_inputs(config: ProcessingConfig) -> List[str]:
+    """Rank 0: check the inputs that exist now (the usmesh, unless the mock will write it)."""
+    from lensing_ssc.processing.steps.preprocessing_steps import build_plan
+    if config.mock.enabled and not Path(config.data_dir or "").exists():
+        return [f"data_dir {config.data_dir}: the mock stage will write it"]
+    plan = build_plan(config)  # raises InputError naming the file or key
+    return [f"data_dir {plan.usmesh}: {len(plan.sheets)} sheets ({plan.sheets[0].index}-{plan.sheets[-1].index}) "
+            f"at nside {plan.nside}, dataset {plan.dataset}, seed {plan.seed}"]
+
+
 def cmd_validate(args) -> int:
-    load_config(args.config, args)
+    config = load_config(args.config, args)
+    notes = root_then_bcast(get_comm(), lambda: _validate_inputs(config) if config.data_dir else [])
     if get_comm().is_root:
-        print(f"{args.config}: configuration is valid")
+        print("\n".join([f"{args.config}: configuration is valid"] + notes))
     return EXIT_OK
 
 
@@ -177,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("preprocess", cmd_stage, "usmesh light cone -> mass_sheets/delta-sheet-NN.fits", stage=True)
     add("kappa", cmd_stage, "delta sheets -> kappa/kappa_zs{zs}_s{seed}.fits (Born approximation)", stage=True)
     add("analyze", cmd_stage, "kappa maps -> stats/stats_zs{zs}_s{seed}_oa{S}.h5", stage=True)
-    add("validate", cmd_validate, "check the config only")
+    add("validate", cmd_validate, "check the config and the usmesh input, write nothing")
     add("plan", cmd_plan, "dry run: tasks per stage, what is done, memory estimate per rank")
     add("status", cmd_status, "progress of each stage from its outputs and checkpoints")
     plot = sub.add_parser("plot", help="PNG plots of a results file")
