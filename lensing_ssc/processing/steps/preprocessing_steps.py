@@ -279,7 +279,7 @@ def check_particle_route(config: ProcessingConfig, plan: PreprocessingPlan) -> s
 
     Both are binned to the coarser of the two nsides (NEST parents), so the check covers the observer,
     the NEST ordering and the float32 slice rule. Returns a description of what was checked; raises
-    InputError (validation_level strict) or warns (basic) on a mismatch.
+    InputError (validation_level strict) or warns (lenient) on a mismatch.
     """
     sheet = min(plan.sheets, key=lambda s: s.nominal_rows)
     chunk = config.preprocessing.chunk_size

@@ -250,8 +250,8 @@ def test_failed_conservation_is_an_error_when_strict(usmesh, tmp_path, monkeypat
     qc = json.loads((tmp_path / "strict" / "mass_sheets" / "qc.json").read_text())
     assert qc["status"] == "failed" and not qc["checks"]["conservation"]
     assert not (tmp_path / "strict" / "mass_sheets" / "manifest.json").exists()
-    run(usmesh, tmp_path / "basic", validation_level="basic")  # only a warning
-    assert json.loads((tmp_path / "basic" / "mass_sheets" / "manifest.json").read_text())["qc"]["status"] == "failed"
+    run(usmesh, tmp_path / "lenient", validation_level="lenient")  # only a warning
+    assert json.loads((tmp_path / "lenient" / "mass_sheets" / "manifest.json").read_text())["qc"]["status"] == "failed"
 
 
 # ---------------------------------------------------------------------------------------------
