@@ -23,7 +23,7 @@ log = logging.getLogger("lensing_ssc")
 
 STAGES = ("mock", "preprocess", "kappa", "analyze", "plot")
 PIPELINES = {"mock": "MockPipeline", "preprocess": "PreprocessingPipeline", "kappa": "KappaPipeline",
-             "analyze": "AnalysisPipeline"}
+             "analyze": "AnalysisPipeline", "ensemble": "EnsemblePipeline"}
 
 
 def setup_logging(level: str, rank: int) -> None:
@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("preprocess", cmd_stage, "usmesh light cone -> mass_sheets/delta-sheet-NN.fits", stage=True)
     add("kappa", cmd_stage, "delta sheets -> kappa/kappa_zs{zs}_s{seed}.fits (Born approximation)", stage=True)
     add("analyze", cmd_stage, "kappa maps -> stats/stats_zs{zs}_s{seed}_oa{S}.h5", stage=True)
+    add("ensemble", cmd_stage, "pool results files of simulation families: covariances, SSC variance ratios",
+        stage=True)
     add("validate", cmd_validate, "check the config and the usmesh input, write nothing")
     add("plan", cmd_plan, "dry run: tasks per stage, what is done, memory estimate per rank")
     add("status", cmd_status, "progress of each stage from its outputs and checkpoints")

@@ -33,7 +33,10 @@ from lensing_ssc.parallel import get_comm, root_then_bcast, split_by_cost
 from lensing_ssc.plugins import get_plugin
 from lensing_ssc.processing.runner import StageRunner, Task
 from lensing_ssc.processing.steps.base import BaseStep
+from lensing_ssc.processing.steps.kappa_steps import map_footprint
+from lensing_ssc.science.covariance import hartlap_factor
 from lensing_ssc.science.fibonacci import patch_centers
+from lensing_ssc.science.footprint import patches_inside_footprint
 from lensing_ssc.science.noise import noise_generator
 from lensing_ssc.science.patch_analysis import (BUILTIN_STATISTICS, PatchAnalysisSettings, analyse_patch,
                                                 summarise_rows)
@@ -43,6 +46,11 @@ log = logging.getLogger("lensing_ssc.analysis")
 
 KAPPA_NAME = re.compile(r"kappa_zs(?P<zs>\d+(?:\.\d+)?)_s(?P<seed>\d+)\.fits$")
 STAGE = "analyze"
+# Patch placement on a partial sky: the diamond of a patch, grown by this many patch pixels on every
+# side, must lie inside the observed footprint. The patch's edge pixels are cubic-spline interpolated
+# (scipy.ndimage.rotate) from gnomonic-image pixels up to 2 pixels beyond the diamond; one more covers
+# the nearest-pixel sampling of the map.
+PATCH_MARGIN_PIXELS = 3
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,12 @@ class ValidationStep(BaseStep):
 class PatchingStep(BaseStep):
     """Patch extraction plan: centres (Fibonacci or ``analysis.centers``), replication flags and the
     task list of each map — one task per ``batch_size`` patches. Maps whose results file exists with
-    the same science config are skipped."""
+    the same science config are skipped.
+
+    Partial-sky maps (header FSKY < 1, see ``kappa_steps.map_footprint``): only patches whose whole
+    area, plus a margin of PATCH_MARGIN_PIXELS patch pixels, lies inside the observed footprint of every
+    map are placed; Fibonacci centres outside are dropped (InputError if none is left), explicit
+    ``analysis.centers`` outside are a ConfigError."""
 
     retryable = False
 
@@ -174,7 +187,7 @@ class PatchingStep(BaseStep):
     def execute(self, data):
         config = self.config
         side = config.analysis.patch_size_deg
-        theta, phi = root_then_bcast(get_comm(), lambda: _centers(config))
+        theta, phi = root_then_bcast(get_comm(), lambda: _centers(config, data["maps"]))
         cosmology = make_cosmology(config.cosmology.H0, config.cosmology.Om0)
         flags = {}
         for kappa_map in data["maps"]:
@@ -205,21 +218,51 @@ class PatchingStep(BaseStep):
             return False
 
 
-def _centers(config):
-    """Patch centres (theta, phi) [rad]: ``analysis.centers`` ([theta, phi] in deg) or the Fibonacci ones."""
+def common_footprint(maps) -> Optional[np.ndarray]:
+    """The pixels observed in every map (bool NESTED), or None when all maps cover the full sky."""
+    observed = None
+    for footprint in (map_footprint(m.path) for m in maps):
+        if footprint is not None:
+            observed = footprint if observed is None else observed & footprint
+    return observed
+
+
+def _centers(config, maps):
+    """Patch centres (theta, phi) [rad]: ``analysis.centers`` ([theta, phi] in deg) or the Fibonacci ones,
+    kept to the footprint the maps share (class PatchingStep)."""
     side = config.analysis.patch_size_deg
-    if config.analysis.centers:
+    explicit = bool(config.analysis.centers)
+    if explicit:
         centers_deg = np.asarray(config.analysis.centers, dtype=np.float64)
-        return np.radians(centers_deg[:, 0]), np.radians(centers_deg[:, 1])
-    try:
-        theta, phi = patch_centers(side)
-    except ValueError as exc:
-        raise ConfigError([f"analysis.patch_size_deg: no Fibonacci patches for {side} deg ({exc})"],
-                          config.source) from None
-    if theta.size == 0:
-        raise ConfigError([f"analysis.patch_size_deg: the pole cut leaves no valid patch for {side} deg"],
-                          config.source)
-    return theta, phi
+        theta, phi = np.radians(centers_deg[:, 0]), np.radians(centers_deg[:, 1])
+    else:
+        try:
+            theta, phi = patch_centers(side)
+        except ValueError as exc:
+            raise ConfigError([f"analysis.patch_size_deg: no Fibonacci patches for {side} deg ({exc})"],
+                              config.source) from None
+        if theta.size == 0:
+            raise ConfigError([f"analysis.patch_size_deg: the pole cut leaves no valid patch for {side} deg"],
+                              config.source)
+    observed = common_footprint(maps)
+    if observed is None:
+        return theta, phi
+    margin_deg = PATCH_MARGIN_PIXELS * side / config.analysis.xsize
+    inside = patches_inside_footprint(observed, theta, phi, side, margin_deg)
+    fsky = float(np.mean(observed))
+    if explicit and not inside.all():
+        outside = ", ".join(f"[{t:g}, {p:g}]" for t, p in centers_deg[~inside][:5])
+        raise ConfigError([f"analysis.centers: {np.count_nonzero(~inside)} of {inside.size} patches of "
+                           f"{side:g} deg (+ {margin_deg:.3g} deg margin) reach outside the observed footprint "
+                           f"of the maps (fsky {fsky:.4g}): {outside}"], config.source)
+    if not inside.any():
+        raise InputError(f"none of the {inside.size} Fibonacci patches of {side:g} deg lies inside the observed "
+                         f"footprint of the maps (fsky {fsky:.4g}); give centres inside it in analysis.centers "
+                         "([theta, phi] in deg) or use smaller patches")
+    if not explicit:
+        log.info("analyze: %d of %d Fibonacci patches of %g deg lie inside the observed footprint (fsky %.4g)",
+                 np.count_nonzero(inside), inside.size, side, fsky)
+    return theta[inside], phi[inside]
 
 
 class _RingMapCache:
@@ -397,9 +440,9 @@ def _write_summary(handle: h5py.File, row_paths: List[str], include: np.ndarray)
             break
         for key, value in summarise_rows(handle[path][...], include).items():
             summary.create_dataset(f"{path}/{key}", data=value)
-        # Hartlap et al. (2007): multiply the inverse covariance by (n - p - 2)/(n - 1).
+        # Hartlap et al. (2007): multiply the inverse covariance by (n - p - 2)/(n - 1); NaN when n <= p + 2.
         nbins = int(np.prod(handle[path].shape[1:]))
-        summary[path].attrs["hartlap_factor"] = (used - nbins - 2) / (used - 1)
+        summary[path].attrs["hartlap_factor"] = hartlap_factor(used, nbins) if used > nbins + 2 else np.nan
 
 
 __all__ = ["DataLoadingStep", "ValidationStep", "PatchingStep", "StatisticsStep", "ResultAggregationStep",
