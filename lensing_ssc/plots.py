@@ -36,6 +36,7 @@ from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, LogLocator,
 
 from lensing_ssc.io.healpix_maps import read_nested_map
 from lensing_ssc.io.results import read_results
+from lensing_ssc.processing.steps.kappa_steps import map_footprint
 from lensing_ssc.science.fibonacci import patch_centers, patch_footprint_vertices
 from lensing_ssc.science.patch_analysis import scale_key
 
@@ -283,12 +284,16 @@ def _patch_geometry(results: ResultsFile) -> Tuple[Optional[np.ndarray], Optiona
 
 def plot_kappa_map(results: ResultsFile, kappa_map_path, output_dir: Path) -> Path:
     """Mollweide view of the NESTED kappa map, colour range its 0.5-99.5 percentiles, with the patch
-    footprints (replication-flagged patches in red)."""
+    footprints (replication-flagged patches in red). The sky outside the map's observed footprint
+    (partial-sky light cones, ``kappa_steps.map_footprint``) is masked (grey) and left out of the range."""
     values, header = read_nested_map(kappa_map_path, dtype=np.float32)
+    observed = map_footprint(kappa_map_path)
+    if observed is not None:
+        values[~observed] = hp.UNSEEN
     if results.zs is not None and "ZS" in header and not np.isclose(float(header["ZS"]), results.zs):
         log.warning("plots: %s has ZS = %s but %s is for zs = %s", kappa_map_path, header["ZS"],
                     results.path.name, results.zs)
-    lo, hi = np.nanpercentile(values, [0.5, 99.5])
+    lo, hi = np.nanpercentile(values if observed is None else values[observed], [0.5, 99.5])
     fig = plt.figure(figsize=(10, 6.6))
     side = "" if results.patch_size_deg is None else f" and {results.patch_size_deg:g}° patch footprints"
     margins = (0.01, CAPTION_HEIGHT / fig.get_figheight(), 0.01, 0.02)  # left, bottom, right, top
@@ -311,8 +316,9 @@ def plot_kappa_map(results: ResultsFile, kappa_map_path, output_dir: Path) -> Pa
                                   label=f"near a box-replication plane ({int(flags.sum())})"))
         axis.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, -0.02), fontsize=9, framealpha=0.9)
     nside = header.get("NSIDE", "?")
+    masked = "" if observed is None else f" Grey: outside the light cone (observed fsky {np.mean(observed):.3g})."
     _caption(fig, f"{Path(kappa_map_path).name}: NSIDE {nside}, NESTED; colour range = 0.5–99.5 percentiles."
-             + (f" {note}." if note else ""))
+             + (f" {note}." if note else "") + masked)
     return _save(fig, results, output_dir, "kappa_map")
 
 

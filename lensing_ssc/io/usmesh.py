@@ -33,7 +33,9 @@ HEADER_BLOCK = "Header"
 
 _HEALPIX_COLUMNS = ("ID", "Mass")
 _PARTICLE_COLUMNS = ("Position", "Aemit")
-_SEED_IN_PARAMFILE = re.compile(r"\brandom_seed\s*=\s*(\d+)")
+# One top-level entry of FastPM's ParamFile (the expanded Lua config, one tab-indented "key = value,"
+# per line; tables span several lines and are not matched): group 1 a quoted string, group 2 a scalar.
+_PARAMFILE_ENTRY = r'^\t{name}\s*=\s*(?:["\']([^"\'\n]*)["\']|([^\s,{{]+))\s*,?\s*$'
 _SEED_IN_DIRNAME = re.compile(r"_s(\d+)")
 
 
@@ -244,14 +246,32 @@ class UsmeshCatalog:
         """Dimensionless Hubble parameter h (Header HubbleParam)."""
         return self._scalar("HubbleParam", float)
 
+    def paramfile_value(self, name):
+        """The value of the top-level entry ``name`` of the Header attr ParamFile (FastPM's expanded Lua
+        config) as a str (quotes removed), or None when there is no ParamFile or no such scalar entry."""
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
+            raise ValueError(f"name must be a Lua identifier, got {name!r}")
+        match = re.search(_PARAMFILE_ENTRY.format(name=name), str(self._attrs.get("ParamFile", "")), re.MULTILINE)
+        if match is None:
+            return None
+        return match.group(1) if match.group(1) is not None else match.group(2)
+
+    def paramfile_number(self, name):
+        """:meth:`paramfile_value` as a float, or None when absent or not a number."""
+        value = self.paramfile_value(name)
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
     @property
     def seed(self):
         """Simulation seed: attr 'seed', else 'random_seed = N' in ParamFile, else '_s(\\d+)' in the path, else None."""
         if "seed" in self._attrs:
             return int(self._attrs["seed"])
-        match = _SEED_IN_PARAMFILE.search(str(self._attrs.get("ParamFile", "")))
-        if match:
-            return int(match.group(1))
+        random_seed = self.paramfile_value("random_seed")
+        if random_seed is not None and random_seed.isdigit():
+            return int(random_seed)
         for part in reversed(os.path.abspath(self.path).split(os.sep)):
             match = _SEED_IN_DIRNAME.search(part)
             if match:

@@ -127,3 +127,36 @@ def linear_power_spectrum(k_hmpc, z, omega_m=0.309, h=0.6774, omega_b=0.049, n_s
     power = np.zeros_like(k)
     power[positive] = amplitude * growth ** 2 * shape(k[positive])
     return power
+
+
+def tabulated_power_spectrum(k_table, p_table, omega_m=0.309, sigma8=None):
+    """P(k, z) [(Mpc/h)^3] from a linear P(k) table at z = 0, e.g. the file FastPM reads
+    (``read_powerspectrum``; columns k [h/Mpc], P [(Mpc/h)^3]).
+
+    ``k_table``: 1-D strictly increasing k > 0 [h/Mpc]; ``p_table``: P(k) > 0, same shape. Between the
+    table points P is interpolated linearly in (ln k, ln P); outside [k_table[0], k_table[-1]] it is 0.
+    ``sigma8`` > 0 rescales the table to that sigma(R = 8 Mpc/h) as FastPM does when its ``sigma8``
+    is set (None or <= 0: the table as it is, FastPM's ``sigma8 = 0``). Returns ``pk(k, z)`` with ``k``
+    any shape [h/Mpc] and ``z`` a scalar redshift >= 0, scaled by the linear growth [D(z)/D(0)]^2.
+    """
+    k_table = np.asarray(k_table, dtype=np.float64)
+    p_table = np.asarray(p_table, dtype=np.float64)
+    if k_table.ndim != 1 or k_table.size < 2 or p_table.shape != k_table.shape:
+        raise ValueError(f"k_table and p_table must be 1-D of the same length >= 2, got {k_table.shape} and "
+                         f"{p_table.shape}")
+    if not (np.all(k_table > 0) and np.all(np.diff(k_table) > 0) and np.all(p_table > 0)):
+        raise ValueError("k_table must be strictly increasing and > 0 [h/Mpc], p_table > 0 [(Mpc/h)^3]")
+    if sigma8 is not None and sigma8 > 0:
+        p_table = p_table * (sigma8 / top_hat_sigma(k_table, p_table, _SIGMA8_RADIUS_MPC_H)) ** 2
+    ln_k, ln_p = np.log(k_table), np.log(p_table)
+
+    def pk(k_hmpc, z):
+        if np.ndim(z) != 0 or z < 0.0:
+            raise ValueError(f"z must be a scalar redshift >= 0, got {z}")
+        k = np.asarray(k_hmpc, dtype=np.float64)
+        inside = (k >= k_table[0]) & (k <= k_table[-1])
+        power = np.zeros_like(k)
+        power[inside] = np.exp(np.interp(np.log(k[inside]), ln_k, ln_p))
+        return power * linear_growth_factor(1.0 / (1.0 + z), omega_m) ** 2
+
+    return pk

@@ -10,6 +10,10 @@ Writes
                                  with Aemit = float32(0.69) and (b) the nside-256 children of those 12
                                  pixels in the event-straddling slices 44, 50, 59; plus the particles
                                  (Position, Aemit, ID) of (a)
+  fastpm_cone10_chain/usmesh     cone10 reduced for whole-chain tests (2.6 MB): every HEALPIX row (all
+                                 slices, so the footprint is the real one) and all columns of the particles
+                                 of slices >= CHAIN_FIRST_PARTICLE_SLICE (z < 0.5), Header attrs verbatim
+                                 incl. ParamFile
 Rows, Header attrs and the other block attrs are copied verbatim (except the 81 kB ParamFile, kept only
 in the cone10 subset); aemitIndex.offset/size are recomputed for the kept rows.
 """
@@ -24,6 +28,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONE_PIXELS_NSIDE32 = [1021, 1022, 1023, 2045, 2046, 2047, 3069, 3070, 3071, 4093, 4094, 4095]
 STRADDLING_SLICES = [44, 50, 59]
+# fastpm_cone10_chain keeps the particles of the slices a zs = 0.5 kappa map uses (z < 0.5: 67..98).
+CHAIN_FIRST_PARTICLE_SLICE = 67
 
 
 def parse_attr_file(path):
@@ -143,5 +149,24 @@ def main(shared):
     })
 
 
+def write_cone10_chain(shared):
+    """fastpm_cone10_chain/usmesh: all cone10 HEALPIX rows, particles of slices >= CHAIN_FIRST_PARTICLE_SLICE."""
+    cone10 = os.path.join(shared, "cone10", "usmesh")
+    f = bigfile.File(cone10)
+    npix = int(f["HEALPIX"].attrs["healpix.npix"][0])
+    hslice = f["HEALPIX/ID"][:] // npix
+    pslice = (f["1/Aemit"][:] * np.float32(100)).astype(int)  # FastPM's float32 slice rule
+    keep_particles = pslice >= CHAIN_FIRST_PARTICLE_SLICE
+    write_subset(cone10, os.path.join(HERE, "fastpm_cone10_chain", "usmesh"), {
+        "HEALPIX": (np.ones(hslice.size, dtype=bool), hslice,
+                    parse_block_header(os.path.join(cone10, "HEALPIX", "ID", "header"))[2],
+                    ["ID", "Aemit", "Mass", "Rmom"]),
+        "1": (keep_particles, pslice[keep_particles], parse_block_header(os.path.join(cone10, "1", "ID", "header"))[2],
+              ["Position", "Velocity", "Aemit", "ID"]),
+    })
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/fastpm_lightcone_small")
+    shared_data = sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/fastpm_lightcone_small"
+    main(shared_data)
+    write_cone10_chain(shared_data)

@@ -5,7 +5,8 @@
     BornSumStep          tasks = fixed NESTED pixel ranges; a task reads its range of every weighted
                          sheet once and accumulates all source redshifts in the same pass
     WriteKappaMapsStep   rank 0 assembles each map from the task checkpoints and writes it atomically
-    KappaValidationStep  optional: measured full-sky C_ell of each map against a Limber prediction
+    KappaValidationStep  optional: measured C_ell of each map (masked to the footprint) against a Limber
+                         prediction
 
 Decomposition and checkpoints (DESIGN.md §5-6): a task is one range of ``pixels_per_task`` consecutive
 NESTED pixels (a whole NESTED sub-tree) through *all* sheets; its result, the float32 kappa of every
@@ -13,6 +14,13 @@ source over the range, is the task's checkpoint. The range size depends only on 
 stable across restarts on any rank count and a rank holds one range at a time (its memory does not grow
 with the map). Every pixel is summed in float64 over the sheets in ascending sheet index and cast to
 float32 once, so the maps are the same bytes whatever the number of ranks or tasks.
+
+Partial sky: when ``mass_sheets/footprint.fits`` (written by the preprocess stage) says the light cone
+covers only part of the sky, kappa is set to 0 outside it (not UNSEEN: the patch projector's cubic
+spline would spread the -1.6e30 sentinel into patches next to the edge), the map header carries FSKY
+and FOOTPRNT = 'footprint.fits', and a copy of the footprint map is written next to the maps
+(``kappa/footprint.fits``); :func:`map_footprint` reads it back. Without a footprint file the sheets are
+taken as full sky (FSKY = 1).
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -30,16 +39,17 @@ import numpy as np
 from lensing_ssc import __version__
 from lensing_ssc.core.cosmology import check_against_header, make_cosmology
 from lensing_ssc.core.errors import ConfigError, InputError
-from lensing_ssc.io.atomic import ensure_free_disk, write_json_atomic
+from lensing_ssc.io.atomic import atomic_output, ensure_free_disk, write_json_atomic
 from lensing_ssc.io.healpix_maps import read_header, read_nested_map, read_nested_range, write_nested_map
 from lensing_ssc.io.usmesh import UsmeshCatalog, UsmeshError
 from lensing_ssc.parallel import root_then_bcast
 from lensing_ssc.processing.resources import check_memory_estimate
 from lensing_ssc.processing.runner import StageRunner, Task
 from lensing_ssc.processing.steps.base import BaseStep
+from lensing_ssc.processing.steps.preprocessing_steps import FOOTPRINT_FILE
 from lensing_ssc.science.born import born_weight_table, born_weights, weights_hash
 from lensing_ssc.science.limber import limber_cl_kappa, pixel_window, shot_noise_cl
-from lensing_ssc.science.linear_power import linear_power_spectrum
+from lensing_ssc.science.linear_power import linear_power_spectrum, tabulated_power_spectrum
 from lensing_ssc.science.shells import pixel_volume, shell_geometry
 
 log = logging.getLogger("lensing_ssc.kappa")
@@ -49,7 +59,6 @@ SHEETS_SUBDIR = "mass_sheets"
 KAPPA_SUBDIR = "kappa"
 VALIDATION_FILE = "validation.json"
 SHEET_NAME = re.compile(r"^delta-sheet-(\d+)\.fits$")
-SIGMA8_IN_PARAMFILE = re.compile(r"\bsigma8\s*=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)")
 # Pixels per task: 2**20 keeps a task's float64 accumulators at 8 MB per source (~70 MB for 5 sources
 # with the read buffers) and gives 768 tasks at nside 8192. A power of 4, so a task is a NESTED sub-tree
 # and divides every map with nside >= 1024; smaller maps use one base pixel (nside^2 pixels) per task.
@@ -58,6 +67,9 @@ MAX_PIXELS_PER_TASK = 2**20
 # are reliable up to ell ~ 2 nside.
 VALIDATION_ELL_MIN = 10
 VALIDATION_NBINS = 8
+# The validation runs by itself for real (non-mock) sheets when the usmesh names a linear P(k) table
+# that is found, up to this nside (anafast to 2 nside: seconds at 1024, minutes and GBs at 8192).
+AUTO_VALIDATION_MAX_NSIDE = 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,6 +101,15 @@ class KappaPlan:
     outputs: Tuple[str, ...]
     mock: bool
     up_to_date: bool = False
+    footprint: Optional[str] = None  # mass_sheets/footprint.fits when the sheets cover part of the sky
+    fsky: float = 1.0
+
+    def footprint_identity(self) -> Optional[List[int]]:
+        """[size, mtime_ns] of the footprint file, or None for full-sky sheets."""
+        if self.footprint is None:
+            return None
+        stat = Path(self.footprint).stat()
+        return [int(stat.st_size), int(stat.st_mtime_ns)]
 
     @property
     def npix(self) -> int:
@@ -106,7 +127,8 @@ class KappaPlan:
     def input_identity(self) -> Dict[str, object]:
         """What the checkpoints depend on besides the science config (JSON-safe)."""
         return {"nside": self.nside, "seed": self.seed, "pixels_per_task": self.pixels_per_task,
-                "sheets": [[s.index, s.a_far, s.a_near, s.size, s.mtime_ns] for s in self.sheets]}
+                "sheets": [[s.index, s.a_far, s.a_near, s.size, s.mtime_ns] for s in self.sheets],
+                "footprint": self.footprint_identity()}
 
     def used(self, k: int) -> np.ndarray:
         """Positions (into ``sheets``) of the sheets with non-zero weight for source ``k``."""
@@ -129,6 +151,9 @@ class KappaPlan:
         box_sizes = {sheet.box_size for sheet in self.sheets}
         if len(box_sizes) == 1 and None not in box_sizes:
             cards.append(("BOXSIZE", box_sizes.pop(), "[Mpc/h] simulation box side (replication flags)"))
+        cards.append(("FSKY", self.fsky, "observed sky fraction; kappa = 0 outside"))
+        if self.footprint is not None:
+            cards.append(("FOOTPRNT", FOOTPRINT_FILE, "observed-sky map (same dir), 1 = observed"))
         if self.mock:
             cards.append(("MOCK", True, "made from a mock light cone"))
         return cards
@@ -257,10 +282,67 @@ def is_current(path: Path, expected_cards, newest_input_ns: int) -> bool:
     return True
 
 
+def sheets_footprint(directory, sheets: Sequence[SheetInfo], nside: int) -> Tuple[Optional[str], float]:
+    """(path of ``directory/footprint.fits``, FSKY) for sheets covering part of the sky, (None, 1.0) for a
+    full-sky footprint or none at all (sheets of an older version or made by hand: taken as full sky).
+
+    InputError when the footprint has another NSIDE, another input (INPUTID) than the sheets, or no
+    observed pixel.
+    """
+    path = Path(directory) / FOOTPRINT_FILE
+    if not path.is_file():
+        log.info("kappa: no %s in %s; the sheets are taken as full sky", FOOTPRINT_FILE, directory)
+        return None, 1.0
+    header = read_header(path)
+    if int(header["NSIDE"]) != nside:
+        raise InputError(f"{path}: header NSIDE = {header['NSIDE']} differs from the sheets' NSIDE = {nside}; "
+                         "rerun the preprocess stage")
+    sheet_input = read_header(sheets[0].path).get("INPUTID")
+    if "INPUTID" in header and sheet_input is not None and str(header["INPUTID"]) != str(sheet_input):
+        raise InputError(f"{path}: header INPUTID = {header['INPUTID']} but the sheets were made from input "
+                         f"{sheet_input}; rerun the preprocess stage")
+    fsky = _header_float(path, header, "FSKY")
+    if not 0.0 < fsky <= 1.0:
+        raise InputError(f"{path}: header FSKY = {fsky}: no pixel lies wholly inside the light cone at nside "
+                         f"{nside}, so there is no sky to make kappa on (expected 0 < FSKY <= 1)")
+    return (None, 1.0) if fsky == 1.0 else (str(path), fsky)
+
+
+def kappa_footprint_path(output_dir) -> Path:
+    """``{output_dir}/kappa/footprint.fits``: the copy of the sheets' footprint next to partial-sky maps."""
+    return Path(output_dir) / KAPPA_SUBDIR / FOOTPRINT_FILE
+
+
+def map_footprint(path) -> Optional[np.ndarray]:
+    """Observed pixels of a kappa map, bool NESTED (12 nside^2,), or None when it covers the full sky.
+
+    A map with header FSKY < 1 names its footprint file in FOOTPRNT (same directory; 1 = observed).
+    Maps without FSKY (older versions, other codes) are full sky. InputError naming the file for a
+    missing footprint file or an NSIDE mismatch.
+    """
+    path = Path(path)
+    header = read_header(path)
+    fsky = float(header.get("FSKY", 1.0))
+    if fsky >= 1.0:
+        return None
+    if "FOOTPRNT" not in header:
+        raise InputError(f"{path}: header FSKY = {fsky} but no FOOTPRNT card naming its footprint map")
+    footprint_path = path.parent / str(header["FOOTPRNT"]).strip()
+    if not footprint_path.is_file():
+        raise InputError(f"{footprint_path}: footprint map of {path.name} (header FOOTPRNT) not found; "
+                         "rerun the kappa stage")
+    values, footprint_header = read_nested_map(footprint_path, dtype=np.float32)
+    if int(footprint_header["NSIDE"]) != int(header["NSIDE"]):
+        raise InputError(f"{footprint_path}: NSIDE = {footprint_header['NSIDE']} differs from NSIDE = "
+                         f"{header['NSIDE']} of {path.name}")
+    return values > 0
+
+
 def build_plan(config) -> KappaPlan:
     """Rank 0: sheets, weights, seed, outputs, and whether the outputs are already up to date."""
     directory = Path(config.output_dir) / SHEETS_SUBDIR
     sheets, nside, sheet_seeds, mock = discover_sheets(directory)
+    footprint, fsky = sheets_footprint(directory, sheets, nside)
     seed = resolve_seed(config.seed, sheet_seeds, directory)
     source_redshifts = tuple(float(zs) for zs in config.kappa.source_redshifts)
     cosmo = make_cosmology(config.cosmology.H0, config.cosmology.Om0)
@@ -278,10 +360,14 @@ def build_plan(config) -> KappaPlan:
         log.info("kappa: zs = %s: %d sheets, sum of weights %.6g", zs, np.count_nonzero(weights[k]),
                  weights[k].sum())
     outputs = tuple(str(kappa_map_path(config.output_dir, zs, seed)) for zs in source_redshifts)
-    plan = KappaPlan(tuple(sheets), nside, seed, source_redshifts, weights, outputs, mock)
-    newest = max(s.mtime_ns for s in sheets)
+    plan = KappaPlan(tuple(sheets), nside, seed, source_redshifts, weights, outputs, mock,
+                     footprint=footprint, fsky=fsky)
+    if footprint is not None:
+        log.info("kappa: the sheets cover fsky = %.4g (%s); kappa is 0 outside", fsky, footprint)
+    newest = max([s.mtime_ns for s in sheets] + ([Path(footprint).stat().st_mtime_ns] if footprint else []))
     plan.up_to_date = config.pipeline.resume != "restart" and all(
-        is_current(Path(path), plan.header_cards(k, config), newest) for k, path in enumerate(outputs))
+        is_current(Path(path), plan.header_cards(k, config), newest) for k, path in enumerate(outputs)) and (
+        footprint is None or kappa_footprint_path(config.output_dir).is_file())
     if not plan.up_to_date:
         _check_resources(config, plan)
     return plan
@@ -301,11 +387,13 @@ def _check_resources(config, plan: KappaPlan) -> None:
 # ---------------------------------------------------------------------------------------------
 # The Born sum over a pixel range.
 
-def born_sum_range(sheets: Sequence[SheetInfo], weights: np.ndarray, start: int, stop: int) -> np.ndarray:
+def born_sum_range(sheets: Sequence[SheetInfo], weights: np.ndarray, start: int, stop: int,
+                   footprint: Optional[str] = None) -> np.ndarray:
     """kappa of every source over NESTED pixels [start, stop): float64 array (n_sources, stop - start).
 
     Each sheet with a non-zero weight for some source is read once; pixels are summed in float64 in
-    the order of ``sheets`` (ascending index). Raises InputError for non-finite or UNSEEN values.
+    the order of ``sheets`` (ascending index). With a ``footprint`` map (path; 1 = observed), kappa is
+    set to 0 in the unobserved pixels. Raises InputError for non-finite or UNSEEN values.
     """
     total = np.zeros((weights.shape[0], stop - start))
     for i, sheet in enumerate(sheets):
@@ -320,15 +408,31 @@ def born_sum_range(sheets: Sequence[SheetInfo], weights: np.ndarray, start: int,
                              "a full-sky overdensity map")
         for k in np.flatnonzero(column):
             total[k] += column[k] * delta
+    if footprint is not None:
+        total[:, read_nested_range(footprint, start, stop) == 0] = 0.0
     return total
 
 
 # ---------------------------------------------------------------------------------------------
 # Validation: measured C_ell against the Limber prediction through the same shells.
 
-def measured_cl(nested_map: np.ndarray, lmax: int) -> np.ndarray:
-    """Full-sky C_ell (ell = 0..lmax) of a NESTED map: healpy anafast after the one NEST->RING reorder."""
-    return hp.anafast(hp.reorder(np.asarray(nested_map, dtype=np.float64), n2r=True), lmax=int(lmax))
+def measured_cl(nested_map: np.ndarray, lmax: int, observed: Optional[np.ndarray] = None) -> np.ndarray:
+    """C_ell (ell = 0..lmax) of a NESTED map: healpy anafast after the one NEST->RING reorder.
+
+    ``observed`` (bool NESTED, same shape): the map's footprint. The map minus its mean over the
+    footprint is set to 0 outside it and the pseudo-C_ell divided by fsky = mean(observed), the usual
+    fsky correction: unbiased for ell well above the mask's scale (~180 deg / footprint size) but
+    mode-coupled below it. None: the full-sky C_ell.
+    """
+    values = np.asarray(nested_map, dtype=np.float64)
+    if observed is None:
+        return hp.anafast(hp.reorder(values, n2r=True), lmax=int(lmax))
+    observed = np.asarray(observed, dtype=bool)
+    if observed.shape != values.shape or not observed.any():
+        raise ValueError(f"observed must be a non-empty boolean map of shape {values.shape}, got shape "
+                         f"{observed.shape} with {int(np.count_nonzero(observed))} observed pixels")
+    masked = np.where(observed, values - values[observed].mean(), 0.0)
+    return hp.anafast(hp.reorder(masked, n2r=True), lmax=int(lmax)) / observed.mean()
 
 
 def validation_ell_edges(nside: int, ell_min: int = VALIDATION_ELL_MIN,
@@ -340,11 +444,12 @@ def validation_ell_edges(nside: int, ell_min: int = VALIDATION_ELL_MIN,
     return np.unique(np.round(np.geomspace(ell_min, ell_max + 1, nbins + 1)).astype(np.int64))
 
 
-def compare_binned_cl(measured: np.ndarray, predicted: np.ndarray, edges: np.ndarray) -> Dict[str, object]:
-    """Bin C_ell (index = ell) with weights 2 ell + 1 and compare; Gaussian full-sky errors.
+def compare_binned_cl(measured: np.ndarray, predicted: np.ndarray, edges: np.ndarray,
+                      fsky: float = 1.0) -> Dict[str, object]:
+    """Bin C_ell (index = ell) with weights 2 ell + 1 and compare; Gaussian errors on a sky fraction fsky.
 
-    For a Gaussian field Var(C^_ell) = 2 C_ell^2 / (2 ell + 1), so a bin b has
-    sigma_b^2 = 2 sum (2l+1) C_l^2 / (sum (2l+1))^2 around the predicted C_ell. Returns per-bin lists
+    For a Gaussian field Var(C^_ell) = 2 C_ell^2 / ((2 ell + 1) fsky), so a bin b has
+    sigma_b^2 = 2 sum (2l+1) C_l^2 / (sum (2l+1))^2 / fsky around the predicted C_ell. Returns per-bin lists
     (``ell`` mode-weighted mean, ``cl_measured``, ``cl_predicted``, ``ratio``, ``sigma_ratio``) and
     ``chi2`` with ``dof`` = number of bins.
     """
@@ -355,7 +460,7 @@ def compare_binned_cl(measured: np.ndarray, predicted: np.ndarray, edges: np.nda
         modes = 2.0 * ell + 1.0
         meas = float(np.sum(modes * measured[ell]) / modes.sum())
         pred = float(np.sum(modes * predicted[ell]) / modes.sum())
-        sigma = float(np.sqrt(2.0 * np.sum(modes * predicted[ell] ** 2)) / modes.sum())
+        sigma = float(np.sqrt(2.0 * np.sum(modes * predicted[ell] ** 2) / fsky) / modes.sum())
         rows["ell"].append(float(np.sum(modes * ell) / modes.sum()))
         rows["cl_measured"].append(meas)
         rows["cl_predicted"].append(pred)
@@ -381,31 +486,70 @@ def predicted_kappa_cl(lmax: int, cosmo, a_far, a_near, zs: float, pk_of_k_z, ns
     return signal, shot
 
 
-def _usmesh_power_model(config, cosmo) -> Tuple[Optional[Dict[str, float]], str]:
-    """The mock's P(k) parameters and particle density from its usmesh Header, or (None, reason).
+def linear_power_table(catalog: UsmeshCatalog) -> Optional[Path]:
+    """The linear P(k) file FastPM read (ParamFile ``read_powerspectrum``), or None when not found.
 
-    ``omega_m``, ``h`` from the Header attrs OmegaM, HubbleParam; ``sigma8`` from ``sigma8 = X`` in the
-    ParamFile attr when present (else the default of ``linear_power_spectrum``); ``box_size``, ``nc``
-    for the Poisson shot noise.
+    FastPM opens it relative to the directory it ran in, which the usmesh does not record: a relative
+    name is looked for in the usmesh directory, its parent (the run directory when ``lc_write_usmesh``
+    is a plain name) and its grandparent, in that order.
+    """
+    name = catalog.paramfile_value("read_powerspectrum")
+    if not name:
+        return None
+    usmesh = Path(catalog.path).resolve()
+    candidates = [Path(name)] if Path(name).is_absolute() else [d / name for d in (usmesh, *usmesh.parents[:2])]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def _usmesh_power_model(config, cosmo) -> Tuple[Optional[Dict[str, object]], str]:
+    """The simulation's P(k) model and particle density from its usmesh Header, or (None, reason).
+
+    ``omega_m``, ``h`` from the Header attrs OmegaM, HubbleParam; ``box_size``, ``nc`` for the Poisson
+    shot noise; ``pk_table``: the linear P(k) file of the run (:func:`linear_power_table`) when found,
+    else the Eisenstein-Hu model; ``sigma8`` from the ParamFile when > 0 (FastPM's ``sigma8 = 0`` means
+    "the table as it is"; for the Eisenstein-Hu model the default of ``linear_power_spectrum``).
     """
     if not config.data_dir:
-        return None, "data_dir is not set, so there is no usmesh Header for the mock's cosmology"
+        return None, "data_dir is not set, so there is no usmesh Header for the simulation's cosmology"
     try:
         catalog = UsmeshCatalog(config.data_dir)
         model = {"omega_m": catalog.omega_m, "h": catalog.hubble_param,
                  "box_size": catalog.box_size, "nc": catalog.nc}
     except (UsmeshError, OSError, ValueError) as exc:
         return None, f"cannot read the usmesh Header of data_dir: {exc}"
-    match = SIGMA8_IN_PARAMFILE.search(str(catalog.attrs.get("ParamFile", "")))
-    if match:
-        model["sigma8"] = float(match.group(1))
+    sigma8 = catalog.paramfile_number("sigma8")
+    if sigma8 is not None and sigma8 > 0:
+        model["sigma8"] = sigma8
+    table = linear_power_table(catalog)
+    if table is not None:
+        model["pk_table"] = str(table)
     for warning in check_against_header(cosmo, model["omega_m"], model["h"]):
         log.warning("kappa validation: %s", warning)
     return model, ""
 
 
+def _power_function(model: Dict[str, object]):
+    """(pk(k, z) [(Mpc/h)^3], description) of a power model from :func:`_usmesh_power_model`."""
+    if "pk_table" in model:
+        try:
+            k_table, p_table = np.loadtxt(model["pk_table"], unpack=True, usecols=(0, 1))
+            pk = tabulated_power_spectrum(k_table, p_table, model["omega_m"], model.get("sigma8"))
+        except ValueError as exc:
+            raise InputError(f"{model['pk_table']}: not a linear P(k) table with columns k [h/Mpc], "
+                             f"P [(Mpc/h)^3] ({exc})") from None
+        return pk, (f"table {model['pk_table']} (ParamFile read_powerspectrum) at z = 0, linear growth"
+                    + ("" if "sigma8" not in model else ", rescaled to sigma8"))
+    power_args = {key: model[key] for key in ("omega_m", "h", "sigma8") if key in model}
+
+    def pk(k, z):
+        return linear_power_spectrum(k, z, **power_args)
+
+    return pk, "linear_power_spectrum (Eisenstein-Hu no-wiggle, linear growth)"
+
+
 def validate_maps(config, plan: KappaPlan) -> Dict[str, object]:
-    """Rank 0: compare each map's C_ell with Limber (P(k) of the mock's cosmology) + shot noise."""
+    """Rank 0: compare each map's C_ell (masked to the footprint, fsky-corrected) with Limber (linear P(k)
+    of the simulation) + shot noise."""
     cosmo = make_cosmology(config.cosmology.H0, config.cosmology.Om0)
     report: Dict[str, object] = {"nside": plan.nside, "status": "skipped",
                                  "cosmology": {"H0": cosmo.H0.value, "Om0": float(cosmo.Om0)}}
@@ -416,13 +560,16 @@ def validate_maps(config, plan: KappaPlan) -> Dict[str, object]:
         report["reason"] = reason
         log.warning("kappa validation skipped: %s", reason)
         return report
-    power_args = {key: model[key] for key in ("omega_m", "h", "sigma8") if key in model}
-    report["power_spectrum"] = {"model": "linear_power_spectrum (Eisenstein-Hu no-wiggle, linear growth)",
-                                **power_args}
-
-    def pk(k, z):
-        return linear_power_spectrum(k, z, **power_args)
-
+    pk, description = _power_function(model)
+    recorded = ("omega_m", "h", "sigma8", "pk_table")
+    report["power_spectrum"] = {"model": description, **{key: model[key] for key in recorded if key in model}}
+    observed = None
+    if plan.footprint is not None:
+        values, _ = read_nested_map(plan.footprint, dtype=np.float32)
+        observed = values > 0
+    report["fsky"] = plan.fsky
+    report["estimator"] = ("anafast of the full-sky map" if observed is None else
+                           "anafast of (map - footprint mean) x footprint, divided by fsky (pseudo-C_ell)")
     a_far = np.array([s.a_far for s in plan.sheets])
     a_near = np.array([s.a_near for s in plan.sheets])
     geometry = shell_geometry(cosmo, a_far, a_near)
@@ -433,7 +580,7 @@ def validate_maps(config, plan: KappaPlan) -> Dict[str, object]:
     for zs, path in zip(plan.source_redshifts, plan.outputs):
         values, _ = read_nested_map(path)
         signal, shot = predicted_kappa_cl(lmax, cosmo, a_far, a_near, zs, pk, plan.nside, nbar)
-        result = compare_binned_cl(measured_cl(values, lmax), signal + shot, edges)
+        result = compare_binned_cl(measured_cl(values, lmax, observed), signal + shot, edges, plan.fsky)
         maps[str(zs)] = {"file": path, "cl_shot_noise": shot, **result}
         lines = [f"kappa validation zs = {zs}: chi2/dof = {result['chi2']:.1f}/{result['dof']} "
                  f"(shot noise {shot:.3g})", f"{'ell':>8} {'C_meas':>11} {'C_pred':>11} {'ratio':>7} {'+-':>6}"]
@@ -481,7 +628,8 @@ class BornSumStep(BaseStep):
 
         def process(task: Task):
             start, stop = task.payload
-            return {"kappa": born_sum_range(plan.sheets, plan.weights, start, stop).astype(np.float32)}
+            kappa = born_sum_range(plan.sheets, plan.weights, start, stop, plan.footprint)
+            return {"kappa": kappa.astype(np.float32)}
 
         tasks = plan.tasks()
         self.reports.append(runner.run(tasks, process, plan.input_identity()))
@@ -499,6 +647,12 @@ class WriteKappaMapsStep(BaseStep):
             runner: StageRunner = input_data["runner"]
 
             def write_all():
+                copy = kappa_footprint_path(self.config.output_dir)
+                if plan.footprint is not None:
+                    with atomic_output(copy) as temporary:
+                        shutil.copyfile(plan.footprint, temporary)
+                elif copy.is_file():  # left by an earlier partial-sky run: these maps are full sky
+                    copy.unlink()
                 for k, path in enumerate(plan.outputs):
                     kappa = np.empty(plan.npix, dtype=np.float32)
                     for task in input_data["tasks"]:
@@ -510,17 +664,33 @@ class WriteKappaMapsStep(BaseStep):
 
             root_then_bcast(runner.comm, write_all)
         self.outputs.extend(plan.outputs)
+        if plan.footprint is not None:
+            self.outputs.append(str(kappa_footprint_path(self.config.output_dir)))
         return input_data
 
     def validate_output(self, output_data) -> bool:
         return all(os.path.isfile(path) for path in output_data["plan"].outputs)
 
 
-class KappaValidationStep(BaseStep):
-    """Optional C_ell check of the maps; on when the sheets say MOCK = True or when forced.
+def auto_validation(config, plan: KappaPlan) -> bool:
+    """Whether the automatic C_ell check runs: MOCK sheets, or real sheets of nside <=
+    AUTO_VALIDATION_MAX_NSIDE whose usmesh (``data_dir``) names a linear P(k) file that is found."""
+    if plan.mock:
+        return True
+    if plan.nside > AUTO_VALIDATION_MAX_NSIDE or not config.data_dir:
+        return False
+    try:
+        return linear_power_table(UsmeshCatalog(config.data_dir)) is not None
+    except (UsmeshError, OSError, ValueError):
+        return False
 
-    ``enabled``: None = automatic (MOCK sheets; not redone for up-to-date maps that already have a
-    report), True = always, False = never. Writes ``{output_dir}/kappa/validation.json`` (status
+
+class KappaValidationStep(BaseStep):
+    """Optional C_ell check of the maps; on for MOCK sheets, for real sheets with their linear P(k) file
+    (:func:`auto_validation`), or when forced.
+
+    ``enabled``: None = automatic (:func:`auto_validation`; not redone for up-to-date maps that already
+    have a report), True = always, False = never. Writes ``{output_dir}/kappa/validation.json`` (status
     ``ok`` with the per-map bins and chi2, or ``skipped`` with the reason) and logs a table. It is a
     diagnostic: a missing usmesh Header or a too small nside is recorded, not raised.
     """
@@ -534,9 +704,10 @@ class KappaValidationStep(BaseStep):
 
     def execute(self, input_data):
         plan: KappaPlan = input_data["plan"]
-        enabled = plan.mock if self.enabled is None else self.enabled
         path = Path(self.config.output_dir) / KAPPA_SUBDIR / VALIDATION_FILE
-        done_before = self.comm.bcast(path.is_file() if self.comm.is_root else None)  # one answer for all
+        automatic = auto_validation(self.config, plan) if self.enabled is None and self.comm.is_root else None
+        enabled = self.comm.bcast(automatic) if self.enabled is None else self.enabled  # one answer for all
+        done_before = self.comm.bcast(path.is_file() if self.comm.is_root else None)
         if not enabled or (self.enabled is None and plan.up_to_date and done_before):
             return input_data  # off, or automatic and already done for these maps
 

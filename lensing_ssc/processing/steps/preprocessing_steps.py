@@ -6,7 +6,8 @@
     CoordinateTransformationStep  rank 0 fixes and checks the route from rows to NEST pixels
     MassSheetGenerationStep       one task per sheet on all ranks: streamed bincount, overdensity,
                                   ``{output_dir}/mass_sheets/delta-sheet-NN.fits``; checkpointed per sheet
-    QualityControlStep            rank 0: mass conservation, finite sheets, mean overdensity -> qc.json
+    QualityControlStep            rank 0: mass conservation, finite sheets, mean overdensity -> qc.json;
+                                  the light-cone footprint -> ``mass_sheets/footprint.fits``
     ManifestWritingStep           rank 0: manifest.json, then drops the task checkpoints
 
 The coordinate transformation itself (``ID % npix``, or observer-relative ``Position`` -> unit vector
@@ -21,8 +22,15 @@ float32 sheet (4 B x npix) and its copy inside the FITS writer (the float64 map 
 write). Peak ~= 12-16 B x npix + 50 B x chunk_size above the interpreter's ~180 MB: measured +220 MB at
 nside 1024 with chunk_size 4e6 (PERFORMANCE.md's original method: +430 MB), ~13 GiB at nside 8192.
 
+Footprint (partial-sky light cones, FastPM ``lc_fov`` < 360): each sheet task also records which pixels
+its slice reached (a packed bit map, npix/8 bytes, in its checkpoint); quality control ORs them and keeps
+the pixels whose whole area was inside the light cone (:func:`lensing_ssc.science.footprint.observed_footprint`),
+written as ``mass_sheets/footprint.fits`` (NESTED, uint8 1 = observed, 0 = not; header FSKY, NOBSERVD,
+NREACHED, NHOLES). The sheets themselves keep delta = -1 where no mass arrived; every sheet names the
+footprint file in its header card FOOTPRNT, and the kappa stage masks the unobserved sky with it.
+
 Checkpoints (DESIGN.md §6): task id = sheet index. A task writes its FITS file atomically, then its
-npz bookkeeping (mass, rows, mean delta); a rerun skips checkpointed tasks, and a task whose sheet
+npz bookkeeping (mass, rows, mean delta, reached pixels); a rerun skips checkpointed tasks, and a task whose sheet
 already exists with matching identity cards (same input, cosmology, sheet, seed) reads that
 bookkeeping from the header instead of recomputing (unless ``preprocessing.overwrite`` or --restart).
 Sheets depend only on the usmesh rows of their slice: identical bytes for any rank count or chunk size.
@@ -45,12 +53,13 @@ from lensing_ssc.core.config import ProcessingConfig
 from lensing_ssc.core.cosmology import check_against_header, make_cosmology
 from lensing_ssc.core.errors import ConfigError, InputError, ValidationError
 from lensing_ssc.io.atomic import ensure_free_disk, write_json_atomic
-from lensing_ssc.io.healpix_maps import read_header, write_nested_map
+from lensing_ssc.io.healpix_maps import read_header, read_nested_map, write_nested_map
 from lensing_ssc.io.usmesh import HEALPIX_DATASET, PARTICLE_DATASET, UsmeshCatalog, UsmeshError
 from lensing_ssc.parallel import get_comm, root_then_bcast
 from lensing_ssc.processing.resources import check_memory_estimate
 from lensing_ssc.processing.runner import StageRunner, Task
 from lensing_ssc.processing.steps.base import BaseStep
+from lensing_ssc.science.footprint import observed_footprint
 from lensing_ssc.science.shells import mean_matter_density, pixel_volume, sheet_filename, shell_geometry
 
 log = logging.getLogger("lensing_ssc.preprocess")
@@ -58,6 +67,7 @@ log = logging.getLogger("lensing_ssc.preprocess")
 STAGE = "preprocess"
 SHEETS_SUBDIR = "mass_sheets"
 QC_FILE = "qc.json"
+FOOTPRINT_FILE = "footprint.fits"
 MANIFEST_FILE = "manifest.json"
 # write_mock_lightcone writes Header LibFastPMVersion = "lensing_ssc-mock-<version>"; real FastPM a number.
 MOCK_LIBFASTPM_PREFIX = "lensing_ssc-mock"
@@ -80,6 +90,9 @@ COARSE_NSIDE = 2
 BYTES_PER_CHUNK_ROW = 50
 # Pixels per block when converting the float64 mass map to the float32 overdensity.
 _OVERDENSITY_BLOCK = 1 << 16
+# An existing sheet tells which pixels its slice reached (delta != -1) only while one particle per pixel
+# is resolved in float32: delta = M / E - 1 rounds to -1 when M / E < 2**-25, E the expected mass per pixel.
+MAX_PARTICLES_PER_PIXEL_EXACT = 2.0 ** 24
 # Header cards holding the bookkeeping of a sheet (read back when an existing sheet is reused).
 BOOKKEEPING_CARDS = ("MASS", "NROWS", "DMEAN", "COVERED")
 
@@ -125,6 +138,7 @@ class PreprocessingPlan:
     Om0: float
     identity: Dict[str, object]
     route: Dict[str, object] = field(default_factory=dict)
+    lc_fov_deg: Optional[float] = None  # FastPM lc_fov from the ParamFile (recorded, not used)
 
     @property
     def npix(self) -> int:
@@ -177,6 +191,7 @@ class PreprocessingPlan:
             ("COVERED", bool(book["full_sky"]), "mass in every nside-2 region"),
             ("RHOBAR", self.rhobar, "[1e10 Msun/h (Mpc/h)^-3] mean matter density"),
             ("BOXSIZE", self.box_size, "[Mpc/h] simulation box side"),
+            ("FOOTPRNT", FOOTPRINT_FILE, "observed-sky map of the light cone (same dir)"),
             ("MOCK", self.mock, "made from a lensing_ssc mock light cone"),
             ("CREATOR", f"lensing_ssc {__version__}", "delta = M/(rhobar V_pix) - 1, SCIENCE.md 2.3"),
         ]
@@ -259,7 +274,8 @@ def build_plan(config: ProcessingConfig) -> PreprocessingPlan:
         particle_mass=catalog.particle_mass,
         rhobar=mean_matter_density(catalog.particle_mass, catalog.nc, catalog.box_size),
         observer=tuple(float(v) for v in catalog.observer), H0=float(config.cosmology.H0),
-        Om0=float(config.cosmology.Om0), identity=_usmesh_identity(catalog, seed))
+        Om0=float(config.cosmology.Om0), identity=_usmesh_identity(catalog, seed),
+        lc_fov_deg=catalog.paramfile_number("lc_fov"))
     log.info("preprocess: %s (%s, nside %d): %d sheets %d..%d, %d rows, seed %s%s", path, plan.dataset,
              plan.nside, len(sheets), chosen[0], chosen[-1], sum(s.nominal_rows for s in sheets), seed,
              " (mock)" if mock else "")
@@ -414,16 +430,32 @@ def existing_bookkeeping(plan: PreprocessingPlan, sheet: SheetPlan) -> Optional[
         log.warning("preprocess: %s exists but was made from another input or config (header cards %s); "
                     "recomputing it", path, ", ".join(expected))
         return None
+    reached = reached_from_sheet(plan, sheet)
+    if reached is None:
+        log.warning("preprocess: %s exists but its empty pixels cannot be told from float32 delta (more than "
+                    "%.3g particles per pixel expected); recomputing it", path, MAX_PARTICLES_PER_PIXEL_EXACT)
+        return None
     mass = float(header["MASS"])
     return _bookkeeping(mass, mass, int(header["NROWS"]), float(header["DMEAN"]), bool(header["COVERED"]),
-                        reused=True)
+                        reached, reused=True)
 
 
-def _bookkeeping(mass, row_mass, rows, mean_delta, is_full_sky, reused=False) -> Dict[str, np.ndarray]:
-    """The npz record of a sheet task (0-d arrays): map total and rows' Mass sum [1e10 Msun/h], rows kept,
-    mean of the stored delta, full-sky coverage, and whether an existing file was reused."""
+def reached_from_sheet(plan: PreprocessingPlan, sheet: SheetPlan) -> Optional[np.ndarray]:
+    """Packed bits (np.packbits, npix/8 uint8) of the pixels of a written sheet that hold mass (delta != -1),
+    or None when the shell expects so many particles per pixel that float32 delta cannot show one."""
+    if plan.rhobar * sheet.volume / plan.npix / plan.particle_mass >= MAX_PARTICLES_PER_PIXEL_EXACT:
+        return None
+    delta, _ = read_nested_map(sheet.path, dtype=np.float32)
+    return np.packbits(delta != np.float32(-1.0))
+
+
+def _bookkeeping(mass, row_mass, rows, mean_delta, is_full_sky, reached, reused=False) -> Dict[str, np.ndarray]:
+    """The npz record of a sheet task: 0-d arrays for the map total and rows' Mass sum [1e10 Msun/h], rows
+    kept, mean of the stored delta, full-sky coverage and whether an existing file was reused; ``reached``:
+    the pixels holding mass as packed bits (uint8, npix/8; popped by quality control, see QualityControlStep)."""
     return {"mass": np.float64(mass), "row_mass": np.float64(row_mass), "rows": np.int64(rows),
-            "mean_delta": np.float64(mean_delta), "full_sky": np.bool_(is_full_sky), "reused": np.bool_(reused)}
+            "mean_delta": np.float64(mean_delta), "full_sky": np.bool_(is_full_sky), "reused": np.bool_(reused),
+            "reached": np.asarray(reached, dtype=np.uint8)}
 
 
 def make_sheet(plan: PreprocessingPlan, catalog: UsmeshCatalog, sheet: SheetPlan,
@@ -434,13 +466,14 @@ def make_sheet(plan: PreprocessingPlan, catalog: UsmeshCatalog, sheet: SheetPlan
     except UsmeshError as exc:
         raise InputError(str(exc)) from None
     regions = coarse_region_mass(mass)
+    reached = np.packbits(mass > 0.0)
     delta = overdensity_float32(mass, sheet.chi_far, sheet.chi_near, plan.rhobar)
     del mass  # the FITS write copies the float32 sheet: keep the float64 map out of that peak
     mean_delta = float(np.mean(delta, dtype=np.float64))
     if not math.isfinite(mean_delta):
         raise InputError(f"{plan.usmesh}: sheet {sheet.index} has {np.count_nonzero(~np.isfinite(delta))} "
                          "non-finite pixels (non-finite Mass in the usmesh rows?); refusing to write it")
-    book = _bookkeeping(float(regions.sum()), row_mass, rows, mean_delta, bool(np.all(regions > 0)))
+    book = _bookkeeping(float(regions.sum()), row_mass, rows, mean_delta, bool(np.all(regions > 0)), reached)
     write_nested_map(sheet.path, delta, plan.header_cards(sheet, book), dtype=np.float32)
     return book
 
@@ -530,9 +563,51 @@ def quality_control(config: ProcessingConfig, plan: PreprocessingPlan,
     return report
 
 
+def footprint_report(plan: PreprocessingPlan, reached: np.ndarray) -> Tuple[np.ndarray, Dict[str, object], List[str]]:
+    """The observed footprint of the sheets from the pixels they reached (bool NESTED (npix,)).
+
+    Returns ``(observed bool (npix,), summary for qc.json and the manifest, warnings)``. The summary
+    records the pixels reached, the isolated holes counted as observed, the observed pixels and sky
+    fraction, and FastPM's ``lc_fov`` [deg] with the sky fraction of such a cone, when the ParamFile has it.
+    """
+    observed, holes = observed_footprint(reached)
+    count = int(np.count_nonzero(observed))
+    summary: Dict[str, object] = {
+        "file": FOOTPRINT_FILE, "nside": plan.nside, "ordering": "NESTED",
+        "rule": "pixels reached by any sheet (isolated empty pixels filled), minus those with an unreached "
+                "neighbour (cut by the light-cone edge)",
+        "reached_pixels": int(np.count_nonzero(reached)), "holes_filled": holes, "observed_pixels": count,
+        "fsky": count / plan.npix, "lc_fov_deg": plan.lc_fov_deg}
+    if plan.lc_fov_deg is not None and 0.0 < plan.lc_fov_deg < 360.0:
+        summary["cone_fsky"] = (1.0 - math.cos(math.radians(plan.lc_fov_deg / 2.0))) / 2.0
+    warnings = []
+    if count == 0:
+        warnings.append(f"no pixel of nside {plan.nside} lies wholly inside the light cone "
+                        f"({summary['reached_pixels']} reached, all on its edge): the footprint is empty and the "
+                        "kappa stage will refuse these sheets")
+    if holes:
+        warnings.append(f"{holes} isolated empty pixel(s) inside the light cone counted as observed (the shells "
+                        f"are sparse at nside {plan.nside})")
+    return observed, summary, warnings
+
+
+def write_footprint(path: Path, plan: PreprocessingPlan, observed: np.ndarray, summary: Dict[str, object]) -> None:
+    """``footprint.fits``: uint8 NESTED map (1 observed, 0 not) with the summary as header cards."""
+    cards = [("FSKY", summary["fsky"], "observed fraction of the sky"),
+             ("NOBSERVD", summary["observed_pixels"], "observed pixels (value 1)"),
+             ("NREACHED", summary["reached_pixels"], "pixels any sheet put mass into"),
+             ("NHOLES", summary["holes_filled"], "isolated empty pixels counted as observed"),
+             ("NSHEETS", len(plan.sheets), "sheets whose pixels were combined"),
+             ("INPUTID", plan.input_id, "sha256[:16] of the usmesh identity")]
+    if plan.lc_fov_deg is not None:
+        cards.append(("LC_FOV", plan.lc_fov_deg, "[deg] FastPM lc_fov of the ParamFile"))
+    cards.append(("CREATOR", f"lensing_ssc {__version__}", "reached pixels minus the light-cone edge"))
+    write_nested_map(path, observed.astype(np.uint8), cards, dtype=np.uint8)
+
+
 def manifest(config: ProcessingConfig, plan: PreprocessingPlan, books: Dict[int, Dict[str, np.ndarray]],
-             qc_status: str, nranks: int) -> Dict[str, object]:
-    """The stage's record: sheets, edges, seed, nside, cosmology, version and input identity."""
+             qc_status: str, nranks: int, footprint: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """The stage's record: sheets, edges, seed, nside, cosmology, version, input identity and footprint."""
     return {
         "stage": STAGE, "package": "lensing_ssc", "package_version": __version__,
         "config_hash": config.science_hash(),
@@ -544,7 +619,7 @@ def manifest(config: ProcessingConfig, plan: PreprocessingPlan, books: Dict[int,
         "box_size_mpch": plan.box_size, "nc": plan.nc, "particle_mass_1e10msunh": plan.particle_mass,
         "rhobar_1e10msunh_per_mpch3": plan.rhobar,
         "chunk_size": config.preprocessing.chunk_size, "row_margin": SLICE_ROW_MARGIN, "n_ranks": nranks,
-        "qc": {"file": QC_FILE, "status": qc_status},
+        "qc": {"file": QC_FILE, "status": qc_status}, "footprint": footprint,
         "sheets": [{"index": s.index, "file": Path(s.path).name, "a_far": s.a_far, "a_near": s.a_near,
                     "z_far": s.z_far, "z_near": s.z_near, "chi_far_mpch": s.chi_far, "chi_near_mpch": s.chi_near,
                     "mass": float(books[s.index]["mass"]), "rows": int(books[s.index]["rows"]),
@@ -622,7 +697,9 @@ class MassSheetGenerationStep(BaseStep):
 
 
 class QualityControlStep(BaseStep):
-    """Quality control on rank 0 from the task bookkeeping; writes ``mass_sheets/qc.json`` atomically."""
+    """Quality control on rank 0 from the task bookkeeping; writes ``mass_sheets/footprint.fits`` (the
+    pixels reached by the sheets, OR-ed task by task, minus the light-cone edge) and ``mass_sheets/qc.json``
+    atomically. The reached bit maps stay on rank 0: only the scalar bookkeeping is broadcast."""
 
     retryable = False
 
@@ -634,8 +711,28 @@ class QualityControlStep(BaseStep):
         path = sheets_directory(config) / QC_FILE
 
         def run():
-            books = {task.task_id: runner.load(task) for task in data["tasks"]}
+            books, reached = {}, np.zeros((plan.npix + 7) // 8, dtype=np.uint8)
+            for task in data["tasks"]:
+                book = dict(runner.load(task))
+                packed = book.pop("reached", None)
+                if packed is None:  # a checkpoint of an older version: read the sheet file
+                    packed = reached_from_sheet(plan, plan.sheet(task.task_id))
+                if packed is None or packed.shape != reached.shape:
+                    raise ValidationError(f"{plan.sheet(task.task_id).path}: no record of the pixels it reached; "
+                                          "rerun the stage with --restart")
+                reached |= packed
+                books[task.task_id] = book
             report = quality_control(config, plan, books)
+            observed, footprint, warnings = footprint_report(plan, np.unpackbits(reached, count=plan.npix) > 0)
+            write_footprint(path.parent / FOOTPRINT_FILE, plan, observed, footprint)
+            report["footprint"] = footprint
+            if warnings:
+                report["warnings"] = report.get("warnings", []) + warnings
+                report["status"] = "warnings" if report["status"] == "ok" else report["status"]
+                for warning in warnings:
+                    log.warning("preprocess QC: %s", warning)
+            log.info("preprocess: footprint %s: %d observed pixels of %d (fsky %.4g)", FOOTPRINT_FILE,
+                     footprint["observed_pixels"], plan.npix, footprint["fsky"])
             write_json_atomic(path, report)
             if report["status"] == "failed":
                 message = f"{path}: preprocessing quality control failed: " + "; ".join(report["failures"])
@@ -644,11 +741,11 @@ class QualityControlStep(BaseStep):
                 log.warning("preprocess QC: %s", message)
             log.info("preprocess QC: %s (%d sheets, total mass conserved to %.1e)", report["status"],
                      len(plan.sheets), report.get("totals", {}).get("conservation_rel_error", float("nan")))
-            return books, report["status"]
+            return books, report["status"], footprint
 
-        books, status = root_then_bcast(get_comm(), run)
-        self.outputs.append(str(path))
-        return {**data, "books": books, "qc_status": status}
+        books, status, footprint = root_then_bcast(get_comm(), run)
+        self.outputs.extend([str(path), str(path.parent / FOOTPRINT_FILE)])
+        return {**data, "books": books, "qc_status": status, "footprint": footprint}
 
 
 class ManifestWritingStep(BaseStep):
@@ -664,7 +761,8 @@ class ManifestWritingStep(BaseStep):
         path = sheets_directory(config) / MANIFEST_FILE
 
         def write():
-            write_json_atomic(path, manifest(config, plan, data["books"], data["qc_status"], comm.size))
+            write_json_atomic(path, manifest(config, plan, data["books"], data["qc_status"], comm.size,
+                                             data.get("footprint")))
             names = {Path(s.path).name for s in plan.sheets}
             others = sorted(p.name for p in path.parent.glob("delta-sheet-*.fits") if p.name not in names)
             if others:
