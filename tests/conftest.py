@@ -62,3 +62,17 @@ def write_gaussian_kappa(directory, nside=128, zs=1.0, seed=7, random_seed=1):
     path = directory / f"kappa_zs{zs}_s{seed}.fits"
     write_nested_map(path, hp.reorder(ring, r2n=True), [("ZS", zs, "source redshift")])
     return path
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """tests/reliability: the tiny chain (reliability/chain.py) run once per session, uninterrupted, on one
+    rank with the plain CLI; every fault and invariance test compares its outputs with this run."""
+    from chain import CHAIN_STAGES, TinyChain, write_chain_config  # tests/reliability is on sys.path there
+    from job_control import run_job
+
+    directory = tmp_path_factory.mktemp("tiny_chain_reference")
+    config = write_chain_config(directory, directory / "usmesh", mock_enabled=True)
+    done = run_job(["-m", "lensing_ssc", "run", config, "--stages", CHAIN_STAGES], 1, directory / "logs", timeout=180)
+    assert done.returncode == 0, done.stderr
+    return TinyChain(directory)
