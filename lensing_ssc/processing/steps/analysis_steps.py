@@ -31,6 +31,7 @@ from lensing_ssc.io.healpix_maps import read_header, read_nested_map
 from lensing_ssc.io.results import write_rows_file
 from lensing_ssc.parallel import get_comm, root_then_bcast, split_by_cost
 from lensing_ssc.plugins import get_plugin
+from lensing_ssc.processing.checkpoint import CheckpointStore
 from lensing_ssc.processing.runner import StageRunner, Task
 from lensing_ssc.processing.steps.base import BaseStep
 from lensing_ssc.processing.steps.kappa_steps import map_footprint
@@ -86,6 +87,11 @@ def stats_path(config, kappa_map: KappaMapInput) -> Path:
     side = config.analysis.patch_size_deg
     side_text = str(int(side)) if float(side).is_integer() else str(side)
     return Path(config.output_dir) / "stats" / f"{kappa_map.stats_name}_oa{side_text}.h5"
+
+
+def map_stage(config, kappa_map: KappaMapInput) -> str:
+    """Checkpoint namespace of one map's analysis: ``analyze/{stats file stem}``."""
+    return f"{STAGE}/{stats_path(config, kappa_map).stem}"
 
 
 def noise_base_seed(noise_seed: int, simulation_seed: int) -> int:
@@ -197,14 +203,16 @@ class PatchingStep(BaseStep):
                 chi_max = float(comoving_distance_mpch(cosmology, kappa_map.zs))
                 flags[kappa_map.path] = replication_flags(theta, phi, side, kappa_map.box_size, chi_max)
         todo = [m for m in data["maps"] if not self._already_done(m)]
-        skipped = len(data["maps"]) - len(todo)
+        skipped = [m for m in data["maps"] if m not in todo]
         if skipped and get_comm().is_root:
-            log.info("analyze: %d map(s) already analysed with this config; skipping them", skipped)
+            log.info("analyze: %d map(s) already analysed with this config; skipping them", len(skipped))
+            for kappa_map in skipped:  # checkpoints left by a kill between the write and the clean-up
+                CheckpointStore(config.checkpoint_root, map_stage(config, kappa_map), 0).clear()
         batch = config.batch_size
         tasks = [Task(task_id=index, cost=min(first + batch, theta.size) - first,
                       payload=(first, min(first + batch, theta.size)))
                  for index, first in enumerate(range(0, theta.size, batch))]
-        self.outputs.extend(str(stats_path(config, m)) for m in data["maps"] if m not in todo)
+        self.outputs.extend(str(stats_path(config, m)) for m in skipped)
         return {**data, "todo": todo, "theta": theta, "phi": phi, "flags": flags, "tasks": tasks}
 
     def _already_done(self, kappa_map: KappaMapInput) -> bool:
@@ -325,7 +333,7 @@ class StatisticsStep(BaseStep):
                         rows.setdefault(path, []).append(np.asarray(value, dtype=np.float64))
                 return {path: np.stack(blocks) for path, blocks in rows.items()}
 
-            runner = StageRunner(config, f"{STAGE}/{Path(stats_path(config, kappa_map)).stem}")
+            runner = StageRunner(config, map_stage(config, kappa_map))
             identity = {"map": Path(kappa_map.path).name, "bytes": kappa_map.nbytes,
                         "npatch": int(data["theta"].size)}
             self.reports.append(runner.run(data["tasks"], process, identity))

@@ -44,6 +44,7 @@ from lensing_ssc.io.healpix_maps import read_header, read_nested_map, read_neste
 from lensing_ssc.io.usmesh import UsmeshCatalog, UsmeshError
 from lensing_ssc.parallel import root_then_bcast
 from lensing_ssc.processing.resources import check_memory_estimate
+from lensing_ssc.processing.checkpoint import CheckpointStore
 from lensing_ssc.processing.runner import StageRunner, Task
 from lensing_ssc.processing.steps.base import BaseStep
 from lensing_ssc.processing.steps.preprocessing_steps import FOOTPRINT_FILE
@@ -609,6 +610,8 @@ class KappaInputsStep(BaseStep):
         if plan.up_to_date and self.comm.is_root:
             log.info("kappa: all %d maps are up to date (header weights hash matches); skipping the stage "
                      "(use --restart to recompute)", len(plan.outputs))
+            # A kill between the last map write and the clean-up leaves partial sums behind: drop them.
+            CheckpointStore(self.config.checkpoint_root, STAGE, self.comm.rank).clear()
         return {"plan": plan}
 
 

@@ -125,10 +125,14 @@ def test_smoothed_statistics_of_a_gaussian_field_are_gaussian(analysed):
     np.testing.assert_allclose(v0[2:6], 0.5 * erfc(edges[2:6] / np.sqrt(2)), atol=0.08)
 
 
-def test_rerun_skips_a_finished_map_and_restart_recomputes(analysed):
+def test_rerun_skips_a_finished_map_and_drops_leftover_checkpoints(analysed):
     tmp_path, config, result = analysed
+    leftover = tmp_path / "checkpoints" / "analyze" / "stats_zs1.0_s7_oa20"  # a kill after the write
+    leftover.mkdir(parents=True)
+    (leftover / "rank00000.json").write_text("{}")
     again = AnalysisPipeline(config).execute()
     assert again.tasks_done == 0 and again.outputs == result.outputs
+    assert not leftover.exists()
 
 
 def test_one_two_three_ranks_and_kill_resume_give_identical_datasets(tmp_path):

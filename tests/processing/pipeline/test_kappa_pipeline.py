@@ -198,9 +198,13 @@ def test_up_to_date_outputs_are_skipped_until_restart_or_new_weights(tmp_path):
     first_bytes, first_mtime = path.read_bytes(), path.stat().st_mtime_ns
     assert not (tmp_path / "checkpoints" / "kappa").exists()  # partial sums dropped once the maps exist
 
+    leftover = tmp_path / "checkpoints" / "kappa" / "tasks"  # as a kill after the last write leaves them
+    leftover.mkdir(parents=True)
+    (leftover / "00000000.npz").write_bytes(b"partial sums")
     again = KappaPipeline(make_config(tmp_path)).execute()
     assert again.success and again.tasks_done == 0 and path.stat().st_mtime_ns == first_mtime
     assert again.outputs == [str(path)]
+    assert not (tmp_path / "checkpoints" / "kappa").exists()
 
     restarted = KappaPipeline(make_config(tmp_path, pipeline={"resume": "restart"})).execute()
     assert restarted.tasks_done == 12 and path.read_bytes() == first_bytes
