@@ -15,7 +15,8 @@ from typing import Callable, List, Optional
 
 from lensing_ssc import __version__
 from lensing_ssc.core.config import ProcessingConfig
-from lensing_ssc.core.errors import EXIT_CHECKPOINTED, EXIT_OK, LensingSSCError, exit_code_for
+from lensing_ssc.core.errors import (EXIT_BAD_INPUT, EXIT_CHECKPOINTED, EXIT_OK, InputError, LensingSSCError,
+                                     exit_code_for)
 from lensing_ssc.parallel import abort_on_exception, get_comm, root_then_bcast
 from lensing_ssc.processing.interrupts import install_process_handlers, pending_stop
 
@@ -24,6 +25,12 @@ log = logging.getLogger("lensing_ssc")
 STAGES = ("mock", "preprocess", "kappa", "analyze", "plot")
 PIPELINES = {"mock": "MockPipeline", "preprocess": "PreprocessingPipeline", "kappa": "KappaPipeline",
              "analyze": "AnalysisPipeline", "ensemble": "EnsemblePipeline"}
+
+
+class UsageError(LensingSSCError):
+    """A bad command-line argument (exit code 2, like a bad config key)."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 def setup_logging(level: str, rank: int) -> None:
@@ -106,8 +113,8 @@ def cmd_run(args) -> int:
         stages = args.stages.split(",")
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
-            raise LensingSSCError(f"--stages: unknown stage(s) {', '.join(unknown)}; "
-                                  f"expected some of {', '.join(STAGES)}")
+            raise UsageError(f"--stages: unknown stage(s) {', '.join(unknown)}; "
+                             f"expected some of {', '.join(STAGES)}")
     else:
         stages = [s for s in STAGES if s != "mock" or config.mock.enabled]
     return _run_stages(config, stages)
@@ -151,7 +158,7 @@ def cmd_plot(args) -> int:
     from lensing_ssc.plots import plot_stats_files
     stats = Path(args.stats)
     if not stats.is_file():
-        raise LensingSSCError(f"{stats}: results file not found")
+        raise InputError(f"{stats}: results file not found")
     output = Path(args.output or stats.parent.parent / "plots")
 
     def plot():

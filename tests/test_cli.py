@@ -37,7 +37,7 @@ def test_validate_accepts_the_seed_config():
 
 def test_run_with_unknown_stage_fails_before_running_anything(tmp_path):
     done = run_cli(["run", SEED_YAML, "--stages", "preprocess,bogus,nope"], cwd=tmp_path)
-    assert done.returncode == 1
+    assert done.returncode == 2  # DESIGN.md §3: bad input
     lines = done.stderr.strip().splitlines()
     assert lines == ["lensing-ssc: error: --stages: unknown stage(s) bogus, nope; "
                      "expected some of mock, preprocess, kappa, analyze, plot"]
