@@ -1,0 +1,171 @@
+"""Time the kappa stage (Born sums over delta sheets) against just reading the sheets once.
+
+Synthetic inputs: ``--nsheets`` lognormal-like overdensity sheets (float32, NESTED, nside ``--nside``)
+written with ``lensing_ssc.io.healpix_maps.write_nested_map`` with the headers the stage reads (SHEET,
+A_FAR, A_NEAR, SEED); the scale-factor edges split [0.28, 1] evenly, so every sheet lies in front of
+some of the 5 sources (zs = 0.5, 1, 1.5, 2, 2.5) and is read.
+
+* baseline (a): every sheet read once, whole, with the reader the stage uses
+  (``read_nested_range(path, 0, npix)`` as float64), in this process, page cache warm, best of
+  ``--repeat``; for diagnosis also (a') the same reader called on the stage's pixel ranges;
+* (b) ``KappaPipeline`` on 1 and on 2 ranks (children: plain python / ``mpiexec -n 2``), each run in
+  a fresh output directory, the sheets shared through a symlink; ``--repeat`` runs per rank count,
+  interleaved, the best kept.
+
+Printed per rank count: the wall time of the child command, the pipeline's own time (``execute()``,
+slowest rank, i.e. without interpreter start-up and imports) and its step timings, the ratios of
+both to the baseline (target <= 1.3x), and each rank's peak RSS (``PipelineResult.peak_memory_mb``,
+psutil-sampled, and ``getrusage`` ru_maxrss for the whole process). The maps written on 1 and on
+2 ranks are checked to be byte-identical.
+
+Usage: python benchmarks/bench_kappa.py [--nside 512] [--nsheets 60] [--repeat 2] [--ranks 1,2]
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import run_python  # noqa: E402  (launches python on 1..n ranks in a clean MPI environment)
+
+from lensing_ssc.io.healpix_maps import read_nested_range, write_nested_map  # noqa: E402
+from lensing_ssc.processing.steps.kappa_steps import MAX_PIXELS_PER_TASK  # noqa: E402
+
+SOURCES = (0.5, 1.0, 1.5, 2.0, 2.5)
+TARGET_RATIO = 1.3
+# One JSON line per job: every rank's start-up time, execute() time, process CPU time, step timings
+# and peak memory.
+DRIVER = """
+import json, resource, sys, time
+began = time.perf_counter()
+from lensing_ssc.core.config import ProcessingConfig
+from lensing_ssc.parallel import get_comm, root_then_bcast
+from lensing_ssc.processing.pipeline import KappaPipeline
+comm = get_comm()
+config = root_then_bcast(comm, lambda: ProcessingConfig.from_yaml(sys.argv[1]))
+comm.barrier()
+ready = time.perf_counter()
+result = KappaPipeline(config).execute()
+finished = time.perf_counter()
+usage = resource.getrusage(resource.RUSAGE_SELF)
+row = {"rank": comm.rank, "startup_s": ready - began, "execute_s": finished - ready,
+       "cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": finished - began,
+       "steps": result.step_timings, "peak_memory_mb": result.peak_memory_mb,
+       "ru_maxrss_mb": usage.ru_maxrss / 1024.0}
+rows = comm.gather(row)
+if comm.is_root:
+    print("BENCH " + json.dumps(rows), flush=True)
+"""
+
+
+def write_sheets(directory, nside, nsheets, seed=11):
+    """``nsheets`` float32 overdensity sheets >= -1 with A_FAR/A_NEAR evenly splitting [0.28, 1]."""
+    edges = np.linspace(0.28, 1.0, nsheets + 1)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(nsheets):
+        delta = (np.exp(rng.normal(0.0, 0.4, 12 * nside**2)) / np.exp(0.08) - 1.0).astype(np.float32)
+        cards = [("SHEET", index, ""), ("A_FAR", float(edges[index]), ""), ("A_NEAR", float(edges[index + 1]), ""),
+                 ("SEED", 42, "simulation seed")]
+        paths.append(write_nested_map(directory / f"delta-sheet-{index:02d}.fits", delta, cards))
+    return paths
+
+
+def time_reads(paths, ranges, repeat):
+    """Best wall time of reading every path once over the given pixel ranges (float64, as the stage)."""
+    best = np.inf
+    for _ in range(repeat):
+        began = time.perf_counter()
+        for path in paths:
+            for start, stop in ranges:
+                read_nested_range(path, start, stop, dtype=np.float64)
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def run_kappa(config_path, nranks, timeout=3600):
+    """(command wall seconds, per-rank rows of the driver)."""
+    began = time.perf_counter()
+    done = run_python(["-c", DRIVER, str(config_path)], nranks=nranks, timeout=timeout)
+    wall = time.perf_counter() - began
+    if done.returncode != 0:
+        raise SystemExit(f"kappa on {nranks} rank(s) failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    rows = json.loads(next(line[6:] for line in done.stdout.splitlines() if line.startswith("BENCH ")))
+    return wall, rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nside", type=int, default=512, help="nside of the sheets (default 512)")
+    parser.add_argument("--nsheets", type=int, default=60, help="number of sheets (default 60)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="repetitions of the read baselines and of each pipeline run, best kept (default 2)")
+    parser.add_argument("--ranks", default="1,2", help="rank counts to run, comma-separated (default 1,2)")
+    args = parser.parse_args()
+    rank_counts = [int(n) for n in args.ranks.split(",")]
+    npix = 12 * args.nside**2
+    per_task = min(args.nside**2, MAX_PIXELS_PER_TASK)
+
+    work = Path(tempfile.mkdtemp(prefix="bench_kappa_"))
+    try:
+        sheets_dir = work / "sheets"
+        paths = write_sheets(sheets_dir, args.nside, args.nsheets)
+        size_mb = sum(p.stat().st_size for p in paths) / 2**20
+        print(f"{args.nsheets} sheets, nside {args.nside}, {size_mb:.0f} MB of float32 FITS; sources {list(SOURCES)}; "
+              f"{npix // per_task} tasks of {per_task} pixels; load average {os.getloadavg()[0]:.2f}")
+        baseline = time_reads(paths, [(0, npix)], args.repeat)
+        ranged = time_reads(paths, [(s, s + per_task) for s in range(0, npix, per_task)], args.repeat)
+        print(f"(a)  read every sheet once, whole:             {baseline:6.2f} s ({size_mb / baseline:.0f} MB/s)")
+        print(f"(a') same reader on the stage's {npix // per_task} pixel ranges: {ranged:6.2f} s "
+              f"({ranged / baseline:.2f}x (a))")
+
+        maps, runs = {}, {n: [] for n in rank_counts}
+        for repetition in range(args.repeat):  # rank counts interleaved, so load changes hit both
+            for nranks in rank_counts:
+                out = work / f"ranks{nranks}_run{repetition}"
+                out.mkdir()
+                (out / "mass_sheets").symlink_to(sheets_dir, target_is_directory=True)
+                config = out / "kappa.yaml"
+                config.write_text(yaml.safe_dump({"output_dir": str(out),
+                                                  "kappa": {"source_redshifts": list(SOURCES)}}))
+                wall, rows = run_kappa(config, nranks)
+                execute = max(row["execute_s"] for row in rows)
+                runs[nranks].append({"command": wall, "execute": execute})
+                steps = ", ".join(f"{name} {seconds:.2f}" for name, seconds in rows[0]["steps"].items())
+                print(f"\n(b) {nranks} rank(s), run {repetition + 1}: command {wall:.2f} s, pipeline execute() "
+                      f"{execute:.2f} s; load average {os.getloadavg()[0]:.2f}")
+                print(f"    steps on rank 0 [s]: {steps}")
+                for row in rows:
+                    print(f"    rank {row['rank']}: start-up {row['startup_s']:.2f} s, "
+                          f"execute {row['execute_s']:.2f} s, process CPU {row['cpu_s']:.2f} s "
+                          f"({100 * row['cpu_s'] / row['wall_s']:.0f}% of its wall), "
+                          f"peak RSS {row['peak_memory_mb']:.0f} MB (pipeline monitor), "
+                          f"{row['ru_maxrss_mb']:.0f} MB (ru_maxrss)")
+                maps.setdefault(nranks, {zs: (out / "kappa" / f"kappa_zs{zs}_s42.fits").read_bytes()
+                                         for zs in SOURCES})
+
+        print(f"\nbest of {args.repeat} run(s), ratios to (a) = {baseline:.2f} s:")
+        for nranks in rank_counts:
+            wall, execute = (min(run[key] for run in runs[nranks]) for key in ("command", "execute"))
+            print(f"    {nranks} rank(s): command {wall:.2f} s ({wall / baseline:.2f}x), pipeline execute() "
+                  f"{execute:.2f} s ({execute / baseline:.2f}x; target <= {TARGET_RATIO}x: "
+                  f"{'met' if execute / baseline <= TARGET_RATIO else 'NOT met'})")
+        for nranks in rank_counts[1:]:
+            same = maps[nranks] == maps[rank_counts[0]]
+            print(f"maps on {nranks} rank(s) byte-identical to {rank_counts[0]} rank(s): {same}")
+            if not same:
+                raise SystemExit("MISMATCH: the kappa maps depend on the rank count")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
