@@ -17,23 +17,38 @@ from lensing_ssc.core.errors import InputError
 from lensing_ssc.io.atomic import atomic_output
 
 
-def read_header(path) -> Dict[str, object]:
-    """The map extension's header as a dict (keys upper-case), checked to be a NESTED HEALPix map."""
-    path = Path(path)
-    try:
-        with fits.open(path, memmap=True) as hdus:
-            if len(hdus) < 2:
-                raise InputError(f"{path}: expected a HEALPix FITS map (binary table in HDU 1)")
-            header = dict(hdus[1].header)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read FITS map ({exc})") from None
+def _check_map_header(path: Path, header) -> None:
+    """InputError unless ``header`` (astropy Header or dict) is that of a NESTED HEALPix map."""
     ordering = str(header.get("ORDERING", "")).strip().upper()
     if ordering != "NESTED":
         raise InputError(f"{path}: header ORDERING is {ordering or 'missing'}; expected 'NESTED' "
                          "(lensing_ssc keeps maps NESTED end to end)")
     if "NSIDE" not in header:
         raise InputError(f"{path}: header has no NSIDE; expected a HEALPix map")
-    return header
+
+
+def _open_map(path: Path):
+    """The FITS file opened (memory-mapped) with its map extension checked; use as a context manager."""
+    try:
+        hdus = fits.open(path, memmap=True)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read FITS map ({exc})") from None
+    if len(hdus) < 2:
+        hdus.close()
+        raise InputError(f"{path}: expected a HEALPix FITS map (binary table in HDU 1)")
+    try:
+        _check_map_header(path, hdus[1].header)
+    except InputError:
+        hdus.close()
+        raise
+    return hdus
+
+
+def read_header(path) -> Dict[str, object]:
+    """The map extension's header as a dict (keys upper-case), checked to be a NESTED HEALPix map."""
+    path = Path(path)
+    with _open_map(path) as hdus:
+        return dict(hdus[1].header)
 
 
 def read_nested_map(path, dtype=np.float64) -> Tuple[np.ndarray, Dict[str, object]]:
@@ -46,12 +61,12 @@ def read_nested_map(path, dtype=np.float64) -> Tuple[np.ndarray, Dict[str, objec
 
 
 def read_nested_range(path, start: int, stop: int, dtype=np.float64) -> np.ndarray:
-    """Pixels ``[start, stop)`` of a NESTED map, reading only the table rows that hold them."""
-    header = read_header(path)
-    npix = hp.nside2npix(int(header["NSIDE"]))
-    if not 0 <= start <= stop <= npix:
-        raise ValueError(f"pixel range [{start}, {stop}) outside the map's {npix} pixels")
-    with fits.open(path, memmap=True) as hdus:
+    """Pixels ``[start, stop)`` of a NESTED map, reading only the table rows that hold them (one open)."""
+    path = Path(path)
+    with _open_map(path) as hdus:
+        npix = hp.nside2npix(int(hdus[1].header["NSIDE"]))
+        if not 0 <= start <= stop <= npix:
+            raise ValueError(f"pixel range [{start}, {stop}) outside the map's {npix} pixels")
         column = hdus[1].data.field(0)  # healpy stores the map as rows of (typically 1024) pixels
         per_row = column[0:1].size
         first_row, last_row = start // per_row, -(-stop // per_row)
