@@ -402,13 +402,16 @@ def born_sum_range(sheets: Sequence[SheetInfo], weights: np.ndarray, start: int,
         if not np.any(column):
             continue
         delta = read_nested_range(sheet.path, start, stop, dtype=np.float64)
-        bad = ~np.isfinite(delta) | (delta == hp.UNSEEN)
-        if np.any(bad):
+        lowest, highest = delta.min(), delta.max()  # NaN propagates; UNSEEN is the most negative value
+        if not (np.isfinite(lowest) and np.isfinite(highest)) or lowest == hp.UNSEEN:
+            bad = ~np.isfinite(delta) | (delta == hp.UNSEEN)
             raise InputError(f"{sheet.path}: {np.count_nonzero(bad)} non-finite or UNSEEN pixel(s) in NESTED "
                              f"pixels [{start}, {stop}), first at {start + int(np.argmax(bad))}; expected "
                              "a full-sky overdensity map")
+        scaled = np.empty_like(delta)
         for k in np.flatnonzero(column):
-            total[k] += column[k] * delta
+            np.multiply(delta, column[k], out=scaled)
+            total[k] += scaled
     if footprint is not None:
         total[:, read_nested_range(footprint, start, stop) == 0] = 0.0
     return total
