@@ -35,7 +35,8 @@ def _open_map(path: Path):
         raise InputError(f"{path}: cannot read FITS map ({exc})") from None
     if len(hdus) < 2:
         hdus.close()
-        raise InputError(f"{path}: expected a HEALPix FITS map (binary table in HDU 1)")
+        raise InputError(f"{path}: cannot read FITS map (no binary table in HDU 1: truncated, or not a "
+                         "HEALPix map)")
     try:
         _check_map_header(path, hdus[1].header)
     except InputError:

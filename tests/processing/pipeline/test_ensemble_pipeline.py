@@ -333,6 +333,8 @@ def test_under_mpi_the_output_equals_the_one_rank_output(mpi_tmp_path):
 
 @pytest.mark.skipif(not FULL_REFERENCE.is_dir(), reason="needs /work/shared/reference/original_stats_zs1.0")
 def test_full_original_files_with_the_shipped_config(tmp_path, monkeypatch):
+    if not (REPO.parent / "shared" / "reference" / "original_stats_zs1.0").is_dir():
+        pytest.skip("the shipped config's globs (../shared/reference/...) do not resolve from this checkout")
     monkeypatch.chdir(REPO)  # the config's globs are relative to the repository root
     config = ProcessingConfig.from_yaml(REPO / "configs" / "ensemble_original.yaml")
     config.output_dir = str(tmp_path)
