@@ -145,7 +145,7 @@ SECTIONS: Dict[str, Dict[str, Tuple[Any, Callable, str]]] = {
         "checkpoint_dir": (None, _optional(_string),
                            "checkpoint directory (default {output_dir}/checkpoints)"),
         "cache_dir": (None, _optional(_string),
-                      "directory for cached geometry (reserved)"),
+                      "directory caching the patch projection geometry across maps and jobs (off when null)"),
         "compress_checkpoints": (False, _bool,
                                  "write task checkpoints as compressed npz"),
         "memory_limit_mb": (None, _optional(_number(lo=0, lo_open=True)),

@@ -27,6 +27,7 @@ import numpy as np
 from lensing_ssc import __version__
 from lensing_ssc.core.cosmology import comoving_distance_mpch, make_cosmology
 from lensing_ssc.core.errors import ConfigError, InputError
+from lensing_ssc.io.geometry_cache import GeometryCache
 from lensing_ssc.io.healpix_maps import read_header, read_nested_map
 from lensing_ssc.io.results import write_rows_file
 from lensing_ssc.parallel import get_comm, root_then_bcast, split_by_cost
@@ -41,7 +42,7 @@ from lensing_ssc.science.footprint import patches_inside_footprint
 from lensing_ssc.science.noise import noise_generator
 from lensing_ssc.science.patch_analysis import (BUILTIN_STATISTICS, PatchAnalysisSettings, analyse_patch,
                                                 summarise_rows)
-from lensing_ssc.science.patches import patch_pixel_indices, project_patch, replication_flags
+from lensing_ssc.science.patches import project_patch, replication_flags
 
 log = logging.getLogger("lensing_ssc.analysis")
 
@@ -308,6 +309,9 @@ class StatisticsStep(BaseStep):
         settings = settings_from_config(config)
         plugins = {name: get_plugin(name)() for name in plugin_names(config)}
         cache = _RingMapCache()
+        # pipeline.cache_dir: the projection geometry of each patch is computed once and reused for every
+        # map, redshift and simulation of the same nside (io/geometry_cache.py); off when unset.
+        geometry = GeometryCache(config.pipeline.cache_dir, compress=config.compress_checkpoints)
         side, xsize = settings.patch_size_deg, settings.xsize
         runners = []
         for kappa_map in data["todo"]:
@@ -317,8 +321,8 @@ class StatisticsStep(BaseStep):
                 ring = cache.get(kappa_map.path)
                 rows: Dict[str, List[np.ndarray]] = {}
                 for patch_index in range(*task.payload):
-                    indices = patch_pixel_indices(kappa_map.nside, data["theta"][patch_index],
-                                                  data["phi"][patch_index], side, xsize)
+                    indices = geometry.patch_pixel_indices(kappa_map.nside, data["theta"][patch_index],
+                                                           data["phi"][patch_index], side, xsize)
                     patch = project_patch(ring, indices, xsize).astype(np.float64)
 
                     def rng(ngal, patch_index=patch_index):

@@ -53,6 +53,7 @@ from lensing_ssc.core.config import ProcessingConfig
 from lensing_ssc.core.cosmology import check_against_header, make_cosmology
 from lensing_ssc.core.errors import ConfigError, InputError, ValidationError
 from lensing_ssc.io.atomic import ensure_free_disk, write_json_atomic
+from lensing_ssc.io.prefetch import prefetched
 from lensing_ssc.io.healpix_maps import read_header, read_nested_map, write_nested_map
 from lensing_ssc.io.usmesh import HEALPIX_DATASET, PARTICLE_DATASET, UsmeshCatalog, UsmeshError
 from lensing_ssc.parallel import get_comm, root_then_bcast
@@ -363,7 +364,8 @@ def accumulate_sheet_mass(catalog: UsmeshCatalog, index: int, chunk_size: int) -
     weighted = catalog.dataset == HEALPIX_DATASET
     totals = None
     rows, row_mass = 0, 0.0
-    for ipix, mass in catalog.iter_slice_chunks(index, chunk_size, margin=SLICE_ROW_MARGIN):
+    # prefetched: the next chunk is read and pixelised in a reader thread while this one is binned.
+    for ipix, mass in prefetched(catalog.iter_slice_chunks(index, chunk_size, margin=SLICE_ROW_MARGIN)):
         weights = mass if weighted else None
         if totals is None:
             totals = np.bincount(ipix, weights=weights, minlength=catalog.npix)

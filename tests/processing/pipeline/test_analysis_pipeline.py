@@ -307,3 +307,20 @@ def test_bad_analysis_inputs_exit_2_without_results(tmp_path, capsys, make_input
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and phrase in error[0]
     assert not list(tmp_path.glob("stats/*.h5"))
+
+
+def test_geometry_cache_gives_the_same_results_and_is_reused(tmp_path):
+    write_gaussian_kappa(tmp_path / "kappa", nside=32)
+    plain = ProcessingConfig(output_dir=str(tmp_path / "plain"), data_dir=str(tmp_path / "kappa"),
+                             analysis={**SMALL_ANALYSIS, "xsize": 32})
+    cached = ProcessingConfig(output_dir=str(tmp_path / "cached"), data_dir=str(tmp_path / "kappa"),
+                              cache_dir=str(tmp_path / "cache"), analysis={**SMALL_ANALYSIS, "xsize": 32})
+    reference = AnalysisPipeline(plain).execute().outputs[0]
+    first = AnalysisPipeline(cached).execute().outputs[0]
+    entries = sorted((tmp_path / "cache").glob("*.npz"))
+    assert len(entries) == 59  # one per patch
+    assert_same_datasets(reference, first)
+    again = AnalysisPipeline(cached, input_data=str(tmp_path / "kappa"))
+    again.config.pipeline.resume = "restart"
+    assert_same_datasets(reference, again.execute().outputs[0])
+    assert sorted((tmp_path / "cache").glob("*.npz")) == entries
