@@ -24,7 +24,7 @@ import numpy as np
 
 from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
-from lensing_ssc.plots import DPI, STYLE, _caption, _colours, _log_ticks, _new_figure, _noise_label
+from lensing_ssc.plots import STYLE, _caption, _colours, _log_ticks, _new_figure, _noise_label, _save
 
 log = logging.getLogger("lensing_ssc.plots")
 
@@ -112,16 +112,6 @@ class EnsembleFile:
 
     def title(self, what: str) -> str:
         return f"{what} — $z_s$ = {self.zs}"
-
-
-def _save(fig, ensemble: EnsembleFile, output_dir: Path, name: str) -> Path:
-    path = output_dir / f"{ensemble.path.stem}_{name}.png"
-    try:
-        fig.savefig(path, dpi=DPI)
-    finally:
-        plt.close(fig)
-    log.info("plots: wrote %s", path)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +206,7 @@ def plot_variance_ratio(ensemble: EnsembleFile, output_dir: Path) -> Optional[Pa
                                 f"{_noise_label(int(level.split('_')[1]))}"))
     _caption(fig, f"{ensemble.describe()}. Bars: bootstrap std over simulations (cut at the panel edge when much larger than the others). "
              f"{ensemble.exclusions()}.")
-    return _save(fig, ensemble, output_dir, "variance_ratio")
+    return _save(fig, ensemble.path.stem, output_dir, "variance_ratio")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +262,7 @@ def plot_correlation(ensemble: EnsembleFile, output_dir: Path) -> Optional[Path]
     fig.suptitle(ensemble.title(f"correlation of the data vector, {_noise_label(int(level.split('_')[1]))}"))
     _caption(fig, f"{ensemble.describe()}. Blocks in SCIENCE.md §6.6 order, each in increasing ℓ or ν. "
              f"{ensemble.exclusions()}.")
-    return _save(fig, ensemble, output_dir, "correlation")
+    return _save(fig, ensemble.path.stem, output_dir, "correlation")
 
 
 def plot_covariance_ratio(ensemble: EnsembleFile, output_dir: Path) -> Optional[Path]:
@@ -299,7 +289,7 @@ def plot_covariance_ratio(ensemble: EnsembleFile, output_dir: Path) -> Optional[
     fig.colorbar(image, ax=axes[0, 0], shrink=0.8, label=f"Cov {ensemble.families[0]} / Cov {ensemble.families[1]}")
     _caption(fig, f"{ensemble.describe()}. Grey: |corr| < {CORRELATION_FLOOR} in {ensemble.families[1]} "
              f"(ratio undefined). Colour range clipped to 0.5–1.5. {ensemble.exclusions()}.")
-    return _save(fig, ensemble, output_dir, "cov_ratio")
+    return _save(fig, ensemble.path.stem, output_dir, "cov_ratio")
 
 
 def plot_ensemble(ensemble_path, output_dir) -> List[Path]:

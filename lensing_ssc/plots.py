@@ -228,8 +228,9 @@ def _caption(fig, text: str) -> None:
              wrap=True)
 
 
-def _save(fig, results: ResultsFile, output_dir: Path, name: str) -> Path:
-    path = output_dir / f"{results.stem}_{name}.png"
+def _save(fig, stem: str, output_dir: Path, name: str) -> Path:
+    """Save ``{output_dir}/{stem}_{name}.png`` and close the figure (also on failure)."""
+    path = output_dir / f"{stem}_{name}.png"
     try:
         fig.savefig(path, dpi=DPI)
     finally:
@@ -319,7 +320,7 @@ def plot_kappa_map(results: ResultsFile, kappa_map_path, output_dir: Path) -> Pa
     masked = "" if observed is None else f" Grey: outside the light cone (observed fsky {np.mean(observed):.3g})."
     _caption(fig, f"{Path(kappa_map_path).name}: NSIDE {nside}, NESTED; colour range = 0.5–99.5 percentiles."
              + (f" {note}." if note else "") + masked)
-    return _save(fig, results, output_dir, "kappa_map")
+    return _save(fig, results.stem, output_dir, "kappa_map")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,7 +401,7 @@ def plot_power_spectrum(results: ResultsFile, output_dir: Path, validation: Opti
     axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     _caption(fig, f"Mean over {results.patch_note()} (flat-sky estimator on the unsmoothed patches, with shape noise for n_gal > 0). "
              "Thin bars with caps: patch-to-patch std; thick bars: error of the mean (std/√N).")
-    return _save(fig, results, output_dir, "power_spectrum")
+    return _save(fig, results.stem, output_dir, "power_spectrum")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,7 +457,7 @@ def plot_smoothed_statistic(results: ResultsFile, output_dir: Path, name: str, w
         axes[0, column].legend(loc="best", title="Gaussian smoothing", title_fontsize=9)
     fig.suptitle(results.title(what))
     _caption(fig, f"Mean over {results.patch_note()}; bands: ±1 patch-to-patch std.")
-    return _save(fig, results, output_dir, name)
+    return _save(fig, results.stem, output_dir, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,7 +553,7 @@ def plot_correlation(results: ResultsFile, output_dir: Path) -> Optional[Path]:
                    fontsize=12)
     _caption(fig, f"From the per-patch rows of {n_used} patches ({matrix.shape[0]} bins; each block in "
              "increasing ℓ or ν). Grey: bins with no finite value or no variance.")
-    return _save(fig, results, output_dir, "correlation")
+    return _save(fig, results.stem, output_dir, "correlation")
 
 
 # ---------------------------------------------------------------------------------------------
