@@ -6,9 +6,9 @@ in sorted NEST order inside slice 2, plus a partial event in each neighbouring s
 margin rows are read and dropped) binned by the production function
 ``preprocessing_steps.accumulate_sheet_mass``:
 
-* ``serial``: the function as it is;
-* ``prefetch dN``: the same function given a catalog whose ``iter_slice_chunks`` is wrapped in
-  ``prefetched(..., depth=N)`` - exactly the proposed one-line wiring;
+* ``serial``: the function with its chunk loop not prefetched;
+* ``prefetch dN``: the function with its chunk loop in ``prefetched(..., depth=N)`` (it calls
+  ``prefetched`` itself; each variant replaces that name in its module, see ``chunk_loop_prefetch``);
 * for reference, ``read only`` (iterating the chunks: read + select + pixelise) and ``bin only``
   (the binning of the same chunks held in memory): the ideal prefetched time is max of the two.
 
@@ -44,6 +44,7 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
+from unittest import mock
 
 import bigfile
 import healpy as hp
@@ -53,6 +54,7 @@ from lensing_ssc.core.errors import InputError
 from lensing_ssc.io.healpix_maps import read_nested_range, write_nested_map
 from lensing_ssc.io.prefetch import prefetched
 from lensing_ssc.io.usmesh import UsmeshCatalog
+from lensing_ssc.processing.steps import preprocessing_steps
 from lensing_ssc.processing.steps.kappa_steps import SheetInfo, born_sum_range
 from lensing_ssc.processing.steps.preprocessing_steps import SLICE_ROW_MARGIN, accumulate_sheet_mass
 
@@ -162,6 +164,19 @@ def overlap_ceiling(repeat: int) -> float:
     return 2 * one / two
 
 
+def chunk_loop_prefetch(depth: int):
+    """Context in which ``accumulate_sheet_mass`` prefetches its chunk loop at ``depth`` (0: not at all).
+
+    The function calls ``prefetched`` on its chunks (the production wiring); this replaces that name
+    in its module, so every variant times the production function itself.
+    """
+    def replacement(iterable, **_):
+        replacement.calls += 1
+        return prefetched(iterable, depth=depth) if depth else iter(iterable)
+    replacement.calls = 0
+    return mock.patch.object(preprocessing_steps, "prefetched", replacement)
+
+
 def bench_preprocessing(path: Path, chunk_sizes, repeat: int, storage_mbs: float):
     catalog = UsmeshCatalog(path)
 
@@ -169,9 +184,16 @@ def bench_preprocessing(path: Path, chunk_sizes, repeat: int, storage_mbs: float
         chunks = catalog.iter_slice_chunks(i, chunk_size, margin=margin)
         return slower_storage(chunks, chunk_size, storage_mbs) if storage_mbs else chunks
 
-    variants = {"serial": ChunkSource(catalog, reads),
-                **{f"prefetch d{d}": ChunkSource(catalog, lambda *a, d=d: prefetched(reads(*a), depth=d))
-                   for d in DEPTHS}}
+    source = ChunkSource(catalog, reads)
+    variants = {"serial": 0, **{f"prefetch d{d}": d for d in DEPTHS}}
+
+    def accumulate(depth, chunk_size, chunks=source):
+        with chunk_loop_prefetch(depth) as replacement:
+            result = accumulate_sheet_mass(chunks, SLICE, chunk_size)
+        if replacement.calls != 1:
+            raise AssertionError("accumulate_sheet_mass no longer calls prefetched(): update this benchmark")
+        return result
+
     where = f"storage simulated at {storage_mbs:g} MB/s" if storage_mbs else "page cache"
     print(f"\n(a) preprocessing, {where}: slice {SLICE} of {path} (nside {catalog.nside}, "
           f"{catalog.rows_per_slice()[SLICE]:,} rows, {catalog.nrows:,} rows in the file)")
@@ -185,19 +207,17 @@ def bench_preprocessing(path: Path, chunk_sizes, repeat: int, storage_mbs: float
                 lambda: sum(1 for _ in reads(SLICE, chunk_size, SLICE_ROW_MARGIN)))[0])
             held = list(catalog.iter_slice_chunks(SLICE, chunk_size, margin=SLICE_ROW_MARGIN))
             in_memory = ChunkSource(catalog, lambda *a: iter(held))
-            best["bin only"] = min(best["bin only"], timed(
-                lambda: accumulate_sheet_mass(in_memory, SLICE, chunk_size))[0])
+            best["bin only"] = min(best["bin only"], timed(lambda: accumulate(0, chunk_size, in_memory))[0])
             del held, in_memory
-            for name, source in variants.items():
-                seconds, (mass, rows, _) = timed(lambda: accumulate_sheet_mass(source, SLICE, chunk_size))
+            for name, depth in variants.items():
+                seconds, (mass, rows, _) = timed(lambda: accumulate(depth, chunk_size))
                 best[name] = min(best[name], seconds)
                 if reference is None:
                     reference = mass
                 elif not np.array_equal(mass, reference):
                     raise AssertionError(f"{name}: mass map differs from the serial one")
             del mass
-        peaks = {name: traced_peak_mb(lambda: accumulate_sheet_mass(source, SLICE, chunk_size))
-                 for name, source in variants.items()}
+        peaks = {name: traced_peak_mb(lambda: accumulate(depth, chunk_size)) for name, depth in variants.items()}
         ideal = max(best["read only"], best["bin only"])
         ratios = " ".join(f"{best['serial'] / best[f'prefetch d{d}']:.2f}x(d{d})" for d in DEPTHS)
         print(f"{chunk_size:>11,} {best['read only']:>9.3f}s {best['bin only']:>8.3f}s {ideal:>6.3f}s "

@@ -88,7 +88,7 @@ MEAN_DELTA_SIGMAS = 5.0
 # A sheet is "full sky" when all 48 nside-2 regions (12 at nside 1) hold mass.
 COARSE_NSIDE = 2
 # Bytes per row held while a chunk is processed (reader columns, mask, int64 pixels, float64 masses).
-BYTES_PER_CHUNK_ROW = 50
+BYTES_PER_CHUNK_ROW = 50 + 32  # + one prefetched chunk (ID and mass) in flight
 # Pixels per block when converting the float64 mass map to the float32 overdensity.
 _OVERDENSITY_BLOCK = 1 << 16
 # An existing sheet tells which pixels its slice reached (delta != -1) only while one particle per pixel
@@ -364,8 +364,10 @@ def accumulate_sheet_mass(catalog: UsmeshCatalog, index: int, chunk_size: int) -
     weighted = catalog.dataset == HEALPIX_DATASET
     totals = None
     rows, row_mass = 0, 0.0
-    # prefetched: the next chunk is read and pixelised in a reader thread while this one is binned.
-    for ipix, mass in prefetched(catalog.iter_slice_chunks(index, chunk_size, margin=SLICE_ROW_MARGIN)):
+    chunks = catalog.iter_slice_chunks(index, chunk_size, margin=SLICE_ROW_MARGIN)
+    if len(os.sched_getaffinity(0)) > 1:  # a reader thread needs a core of its own to overlap anything
+        chunks = prefetched(chunks, depth=1)  # read + pixelise chunk k+1 while chunk k is binned
+    for ipix, mass in chunks:
         weights = mass if weighted else None
         if totals is None:
             totals = np.bincount(ipix, weights=weights, minlength=catalog.npix)
