@@ -2,10 +2,10 @@
 
 Rank 0 only, no writes. Estimates are per MPI rank, in MiB, for the dominant arrays:
 
-* preprocess: the float64 sheet accumulator (npix x 8 B), one chunk of rows (chunk_size x ~32 B for
-  ID, mass, pixel index and temporaries) and the float32 output (npix x 4 B);
-* kappa: one pixel-range task (<= 2**20 pixels x (12 B per source + 16 B)), and on rank 0 while it
-  writes, one float32 full-sky map;
+* preprocess: the stage's own estimate (``preprocessing_steps.estimate_memory_mb``: float64 accumulator,
+  float32 sheet and its FITS copy, and the row chunks);
+* kappa: one pixel-range task (the stage's ``pixels_per_task`` pixels x (12 B per source + 16 B)), and on
+  rank 0 while it writes, one float32 full-sky map;
 * analyze: the full-sky map in float64 twice (NESTED as read, RING copy) plus ~30 float64 patch-sized
   work arrays (noise, DCT buffers, gradients).
 """
@@ -19,7 +19,6 @@ from typing import List, Optional
 from lensing_ssc.core.config import ProcessingConfig
 
 MIB = 2 ** 20
-KAPPA_PIXELS_PER_TASK = 2 ** 20
 
 
 @dataclass
@@ -38,13 +37,14 @@ class StagePlan:
 
 
 def preprocess_memory_mb(nside: int, chunk_size: int) -> float:
-    npix = 12 * nside ** 2
-    return (npix * 8 + npix * 4 + chunk_size * 32) / MIB
+    from lensing_ssc.processing.steps.preprocessing_steps import estimate_memory_mb
+    return estimate_memory_mb(12 * nside ** 2, chunk_size)
 
 
 def kappa_memory_mb(nside: int, n_sources: int) -> float:
+    from lensing_ssc.processing.steps.kappa_steps import MAX_PIXELS_PER_TASK
     npix = 12 * nside ** 2
-    task_pixels = min(npix, KAPPA_PIXELS_PER_TASK)
+    task_pixels = min(nside ** 2, MAX_PIXELS_PER_TASK)  # KappaPlan.pixels_per_task
     return max(task_pixels * (12 * n_sources + 16), npix * 4 + task_pixels * 4 * n_sources) / MIB
 
 

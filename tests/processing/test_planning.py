@@ -7,7 +7,9 @@ from lensing_ssc.processing.planning import analysis_memory_mb, kappa_memory_mb,
 
 
 def test_memory_estimates_scale_with_nside_as_documented():
-    assert preprocess_memory_mb(8192, 0) == 12 * 8192 ** 2 * 12 / 2 ** 20  # float64 accumulator + float32 output
+    # float64 accumulator + float32 sheet + its FITS copy, plus the row chunk (the stage's own estimate)
+    assert preprocess_memory_mb(8192, 0) == 12 * 8192 ** 2 * 16 / 2 ** 20
+    assert preprocess_memory_mb(8192, 10 ** 7) > preprocess_memory_mb(8192, 0) + 10 ** 7 * 50 / 2 ** 20
     assert analysis_memory_mb(4096, 2048) > 2 * 12 * 4096 ** 2 * 8 / 2 ** 20
     # kappa per rank is bounded by one task except on the writing rank 0 (one float32 map)
     assert kappa_memory_mb(8192, 5) == 12 * 8192 ** 2 * 4 / 2 ** 20 + 2 ** 20 * 4 * 5 / 2 ** 20
