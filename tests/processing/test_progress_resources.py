@@ -75,16 +75,49 @@ def test_only_root_reports(clock, caplog):
     assert caplog.records == []
 
 
-def test_resource_monitor_sees_a_big_allocation():
-    process = psutil.Process()
-    before_mb = process.memory_info().rss / 2 ** 20
-    with ResourceMonitor(interval_s=0.02) as monitor:
-        big = np.ones(8 * 2 ** 20)  # 64 MiB, touched
-    assert monitor.peak_rss_mb >= before_mb + 48
+class _ScriptedMonitor(ResourceMonitor):
+    """A monitor whose RSS readings come from a script instead of the kernel.
+
+    The kernel's RSS counter is not a reliable witness in every sandbox (CI once saw a fresh 64 MiB
+    array leave it unchanged), so the peak-keeping logic is tested against known readings.
+    """
+
+    def __init__(self, readings_mb, **kwargs):
+        self._readings = iter(readings_mb)
+        self._last = None
+        super().__init__(**kwargs)
+
+    def current_rss_mb(self) -> float:
+        self._last = next(self._readings, self._last)
+        return self._last
+
+
+def test_resource_monitor_keeps_the_peak_seen_by_its_thread():
+    import time
+    # start value 100, a transient 900 seen only by the background thread, then back to 120
+    monitor = _ScriptedMonitor([100.0, 900.0, 120.0], interval_s=0.01)
+    with monitor:
+        deadline = time.monotonic() + 5.0
+        while monitor.peak_rss_mb < 900.0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert monitor.peak_rss_mb == 900.0
     summary = monitor.summary()
-    assert summary["peak_rss_mb"] == pytest.approx(monitor.peak_rss_mb, abs=0.1)
+    assert summary["peak_rss_mb"] == 900.0
     assert summary["mean_cpu_percent"] >= 0.0
-    del big
+
+
+def test_resource_monitor_samples_at_exit():
+    monitor = _ScriptedMonitor([100.0, 250.0], interval_s=60.0)
+    with monitor:
+        pass
+    assert monitor.peak_rss_mb == 250.0
+
+
+def test_resource_monitor_reads_this_process():
+    process = psutil.Process()
+    with ResourceMonitor(interval_s=0.02) as monitor:
+        pass
+    assert 0.5 * process.memory_info().rss / 2 ** 20 <= monitor.peak_rss_mb
 
 
 def test_disabled_monitor_still_reports_a_peak():
