@@ -17,6 +17,7 @@ setup(
         "bigfile",
         "pyyaml",
         "psutil",
+        "threadpoolctl",
         "tqdm",
         "matplotlib",
     ],

@@ -5,9 +5,10 @@ written with ``lensing_ssc.io.healpix_maps.write_nested_map`` with the headers t
 A_FAR, A_NEAR, SEED); the scale-factor edges split [0.28, 1] evenly, so every sheet lies in front of
 some of the 5 sources (zs = 0.5, 1, 1.5, 2, 2.5) and is read.
 
-* baseline (a): every sheet read once, whole, with the reader the stage uses
-  (``read_nested_range(path, 0, npix)`` as float64), in this process, page cache warm, best of
-  ``--repeat``; for diagnosis also (a') the same reader called on the stage's pixel ranges;
+* baseline (a): every sheet read once, whole, into float64 with the reader the stage uses
+  (``MapRangeReader``: header parsed once, pixels by ``pread``), in this process, page cache warm,
+  best of ``--repeat``; for comparison also (a0) ``healpy.read_map`` of every sheet (float64) and,
+  for diagnosis, (a') the stage's reader on its blocks of ``BORN_BLOCK_PIXELS`` pixels;
 * (b) ``KappaPipeline`` on 1 and on 2 ranks (children: plain python / ``mpiexec -n 2``), each run in
   a fresh output directory, the sheets shared through a symlink; ``--repeat`` runs per rank count,
   interleaved, the best kept.
@@ -36,8 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import run_python  # noqa: E402  (launches python on 1..n ranks in a clean MPI environment)
 
-from lensing_ssc.io.healpix_maps import read_nested_range, write_nested_map  # noqa: E402
-from lensing_ssc.processing.steps.kappa_steps import MAX_PIXELS_PER_TASK  # noqa: E402
+import healpy as hp  # noqa: E402
+
+from lensing_ssc.io.healpix_maps import MapRangeReader, read_header_and_layout, write_nested_map  # noqa: E402
+from lensing_ssc.processing.steps.kappa_steps import BORN_BLOCK_PIXELS, MAX_PIXELS_PER_TASK  # noqa: E402
 
 SOURCES = (0.5, 1.0, 1.5, 2.0, 2.5)
 TARGET_RATIO = 1.3
@@ -79,16 +82,21 @@ def write_sheets(directory, nside, nsheets, seed=11):
     return paths
 
 
-def time_reads(paths, ranges, repeat):
-    """Best wall time of reading every path once over the given pixel ranges (float64, as the stage)."""
+def best_time(function, repeat):
     best = np.inf
     for _ in range(repeat):
         began = time.perf_counter()
-        for path in paths:
-            for start, stop in ranges:
-                read_nested_range(path, start, stop, dtype=np.float64)
+        function()
         best = min(best, time.perf_counter() - began)
     return best
+
+
+def read_ranges(paths, ranges):
+    """Read every path once over the given pixel ranges into float64, with the stage's reader."""
+    for path in paths:
+        with MapRangeReader(read_header_and_layout(path)[1]) as reader:
+            for start, stop in ranges:
+                reader.read_into(start, stop, np.empty(stop - start))
 
 
 def run_kappa(config_path, nranks, timeout=3600):
@@ -121,11 +129,15 @@ def main():
         size_mb = sum(p.stat().st_size for p in paths) / 2**20
         print(f"{args.nsheets} sheets, nside {args.nside}, {size_mb:.0f} MB of float32 FITS; sources {list(SOURCES)}; "
               f"{npix // per_task} tasks of {per_task} pixels; load average {os.getloadavg()[0]:.2f}")
-        baseline = time_reads(paths, [(0, npix)], args.repeat)
-        ranged = time_reads(paths, [(s, s + per_task) for s in range(0, npix, per_task)], args.repeat)
-        print(f"(a)  read every sheet once, whole:             {baseline:6.2f} s ({size_mb / baseline:.0f} MB/s)")
-        print(f"(a') same reader on the stage's {npix // per_task} pixel ranges: {ranged:6.2f} s "
-              f"({ranged / baseline:.2f}x (a))")
+        baseline = best_time(lambda: read_ranges(paths, [(0, npix)]), args.repeat)
+        healpy_read = best_time(lambda: [hp.read_map(str(p), nest=True, dtype=np.float64).sum() for p in paths],
+                                args.repeat)  # .sum(): keep no map, so the children do not inherit a big RSS
+        block = min(BORN_BLOCK_PIXELS, per_task)
+        blocked = best_time(lambda: read_ranges(paths, [(s, s + block) for s in range(0, npix, block)]),
+                            args.repeat)
+        print(f"(a)  read every sheet once, whole (stage reader): {baseline:6.2f} s ({size_mb / baseline:.0f} MB/s)")
+        print(f"(a0) healpy.read_map of every sheet:             {healpy_read:6.2f} s ({healpy_read / baseline:.2f}x (a))")
+        print(f"(a') stage reader on its {npix // block} blocks per sheet:   {blocked:6.2f} s ({blocked / baseline:.2f}x (a))")
 
         maps, runs = {}, {n: [] for n in rank_counts}
         for repetition in range(args.repeat):  # rank counts interleaved, so load changes hit both

@@ -4,8 +4,8 @@ Rank 0 only, no writes. Estimates are per MPI rank, in MiB, for the dominant arr
 
 * preprocess: the stage's own estimate (``preprocessing_steps.estimate_memory_mb``: float64 accumulator,
   float32 sheet and its FITS copy, and the row chunks);
-* kappa: one pixel-range task (the stage's ``pixels_per_task`` pixels x (12 B per source + 16 B)), and on
-  rank 0 while it writes, one float32 full-sky map;
+* kappa: the stage's own estimate (``kappa_steps.estimate_memory_mb``: one pixel-range task with a
+  block of every sheet, or on rank 0 while it writes, one float32 full-sky map);
 * analyze: the full-sky map in float64 twice (NESTED as read, RING copy) plus ~30 float64 patch-sized
   work arrays (noise, DCT buffers, gradients).
 """
@@ -41,11 +41,9 @@ def preprocess_memory_mb(nside: int, chunk_size: int) -> float:
     return estimate_memory_mb(12 * nside ** 2, chunk_size)
 
 
-def kappa_memory_mb(nside: int, n_sources: int) -> float:
-    from lensing_ssc.processing.steps.kappa_steps import MAX_PIXELS_PER_TASK
-    npix = 12 * nside ** 2
-    task_pixels = min(nside ** 2, MAX_PIXELS_PER_TASK)  # KappaPlan.pixels_per_task
-    return max(task_pixels * (12 * n_sources + 16), npix * 4 + task_pixels * 4 * n_sources) / MIB
+def kappa_memory_mb(nside: int, n_sources: int, n_sheets: int) -> float:
+    from lensing_ssc.processing.steps.kappa_steps import estimate_memory_mb
+    return estimate_memory_mb(nside, n_sources, n_sheets)
 
 
 def analysis_memory_mb(nside: int, xsize: int) -> float:
@@ -102,7 +100,7 @@ def plan(config: ProcessingConfig) -> List[StagePlan]:
                            preprocess_memory_mb(nside, config.chunk_size) if nside else None, [note]))
     n_sources = len(config.kappa.source_redshifts)
     plans.append(StagePlan("kappa", n_sources, _count(output / "kappa", "kappa_zs*_s*.fits"),
-                           kappa_memory_mb(nside, n_sources) if nside else None,
+                           kappa_memory_mb(nside, n_sources, n_sheets) if nside else None,
                            [f"source redshifts {config.kappa.source_redshifts}"]))
     try:
         n_patches = len(config.analysis.centers or []) or patch_centers(config.analysis.patch_size_deg)[0].size

@@ -28,13 +28,13 @@ from lensing_ssc.parallel import get_comm
 from lensing_ssc.cli import main
 pipelines.KappaPipeline = KappaPipeline
 if len(sys.argv) > 2:
-    kill_at, original, reads = int(sys.argv[2]), kappa_steps.read_nested_range, []
+    kill_at, original, reads = int(sys.argv[2]), kappa_steps.MapRangeReader.read_into, []
     def read_then_die(*args, **kwargs):
         reads.append(1)
         if get_comm().rank == 1 and len(reads) == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         return original(*args, **kwargs)
-    kappa_steps.read_nested_range = read_then_die
+    kappa_steps.MapRangeReader.read_into = read_then_die
 sys.exit(main(["kappa", sys.argv[1]]))
 """
 

@@ -11,8 +11,10 @@ def test_memory_estimates_scale_with_nside_as_documented():
     assert preprocess_memory_mb(8192, 0) == 12 * 8192 ** 2 * 16 / 2 ** 20
     assert preprocess_memory_mb(8192, 10 ** 7) > preprocess_memory_mb(8192, 0) + 10 ** 7 * 50 / 2 ** 20
     assert analysis_memory_mb(4096, 2048) > 2 * 12 * 4096 ** 2 * 8 / 2 ** 20
-    # kappa per rank is bounded by one task except on the writing rank 0 (one float32 map)
-    assert kappa_memory_mb(8192, 5) == 12 * 8192 ** 2 * 4 / 2 ** 20 + 2 ** 20 * 4 * 5 / 2 ** 20
+    # kappa per rank is bounded by one task except on the writing rank 0 (one float32 map) ...
+    assert kappa_memory_mb(8192, 5, 100) == 12 * 8192 ** 2 * 4 / 2 ** 20 + 2 ** 20 * 4 * 5 / 2 ** 20
+    # ... and a task holds a block of 2^14 pixels of every sheet, float32 + 3 float64 (prefetch)
+    assert kappa_memory_mb(1024, 5, 10 ** 4) == 2 ** 20 * (12 * 5 + 8) / 2 ** 20 + 10 ** 4 * 2 ** 14 * 28 / 2 ** 20
 
 
 def test_plan_counts_existing_outputs_and_reads_nside_from_maps(tmp_path):

@@ -157,6 +157,26 @@ def test_missing_sheet_in_the_range_is_refused_without_output(tmp_path):
     assert not (tmp_path / "kappa").exists() or not list((tmp_path / "kappa").glob("*.fits"))
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_blocked_born_sum_is_position_independent_and_matches_an_exact_sum(tmp_path, monkeypatch, prefetch):
+    rng = np.random.default_rng(5)
+    nside = 4
+    for index in range(40, 60):
+        write_sheet(tmp_path, index, rng.normal(0.0, 0.5, 12 * nside**2).astype(np.float32))
+    sheets, _, _, _ = kappa_steps.discover_sheets(tmp_path / "mass_sheets")
+    weights = np.stack([weights_of(range(40, 60), zs) for zs in (0.8, 1.0, 1.5)])
+    weights[1, 3] = 0.0  # a sheet used by some sources only
+    monkeypatch.setattr(kappa_steps, "BORN_BLOCK_PIXELS", 16)
+    if not prefetch:
+        monkeypatch.setattr(kappa_steps, "prefetched", lambda blocks, depth: blocks)
+    whole = kappa_steps.born_sum_range(sheets, weights, 0, 64)
+    pieces = [kappa_steps.born_sum_range(sheets, weights, a, b) for a, b in [(0, 16), (16, 32), (32, 64)]]
+    assert np.concatenate(pieces, axis=1).tobytes() == whole.tobytes()
+    deltas = np.stack([read_nested_map(s.path)[0][:64] for s in sheets]).astype(np.longdouble)
+    exact = weights.astype(np.longdouble) @ deltas
+    np.testing.assert_allclose(whole, exact.astype(np.float64), rtol=1e-13, atol=1e-17)
+
+
 def test_box_size_of_the_sheets_is_carried_to_the_kappa_header(tmp_path):
     simple_sheets(tmp_path, BOXSIZE=625.0)
     output = KappaPipeline(make_config(tmp_path)).execute().outputs[0]
@@ -231,19 +251,19 @@ def test_crash_mid_stage_then_rerun_gives_identical_maps(tmp_path, monkeypatch):
     reference = KappaPipeline(make_config(tmp_path / "reference", (1.0, 1.5))).execute()
     assert reference.tasks_done == 12
 
-    original, calls = kappa_steps.read_nested_range, []
+    original, calls = kappa_steps.MapRangeReader.read_into, []
 
-    def crash_after_five_tasks(*args, **kwargs):
+    def crash_after_five_tasks(*args, **kwargs):  # a task reads each sheet's range once (one block)
         calls.append(args)
         if len(calls) > 5 * len(deltas):
             raise Crash()
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(kappa_steps, "read_nested_range", crash_after_five_tasks)
+    monkeypatch.setattr(kappa_steps.MapRangeReader, "read_into", crash_after_five_tasks)
     with pytest.raises(Crash):
         KappaPipeline(make_config(tmp_path / "crashed", (1.0, 1.5))).execute()
     assert not list((tmp_path / "crashed" / "kappa").glob("*.fits"))
-    monkeypatch.setattr(kappa_steps, "read_nested_range", original)
+    monkeypatch.setattr(kappa_steps.MapRangeReader, "read_into", original)
 
     resumed = KappaPipeline(make_config(tmp_path / "crashed", (1.0, 1.5))).execute()
     assert resumed.tasks_skipped == 5 and resumed.tasks_done == 7
