@@ -108,11 +108,13 @@ def read_header_and_layout(path) -> Tuple[Dict[str, object], MapLayout]:
                              f"{header.get('PCOUNT', 0)}{', scaled values' if scaled else ''}; expected one "
                              "unscaled column of all pixels, as healpy write_map writes one full-sky map "
                              "(a partial-sky file has a PIXEL column too)")
-        stored = table.data.field(0)  # memory-mapped: nothing is read here
-        if stored.size != npix:
-            raise InputError(f"{path}: {stored.size} pixels, expected 12*NSIDE^2 = {npix} for "
+        # From the header alone: touching table.data costs a copy of the whole map when the file closes.
+        stored = np.dtype(column.dtype.base).newbyteorder(">")  # FITS tables are big-endian
+        stored_pixels = int(header["NAXIS2"]) * int(column.format.repeat)
+        if stored_pixels != npix:
+            raise InputError(f"{path}: {stored_pixels} pixels, expected 12*NSIDE^2 = {npix} for "
                              f"NSIDE={header['NSIDE']}")
-        return dict(header), MapLayout(str(path), int(table.fileinfo()["datLoc"]), stored.dtype.str, npix)
+        return dict(header), MapLayout(str(path), int(table.fileinfo()["datLoc"]), stored.str, npix)
 
 
 class MapRangeReader:

@@ -44,3 +44,12 @@ def test_tables_that_are_not_one_column_of_all_pixels_are_refused(tmp_path):
     hp.write_map(str(two_columns), [np.zeros(12 * nside**2)] * 2, nest=True)
     with pytest.raises(InputError, match=r"two\.fits: the map table has TFIELDS = 2"):
         read_header_and_layout(two_columns)
+
+
+def test_nside_that_disagrees_with_the_pixel_count_is_refused(tmp_path):
+    from astropy.io import fits
+    path = write_nested_map(tmp_path / "m.fits", np.zeros(12 * 8**2))
+    with fits.open(path, mode="update") as hdus:
+        hdus[1].header["NSIDE"] = 16
+    with pytest.raises(InputError, match=r"m\.fits: 768 pixels, expected 12\*NSIDE\^2 = 3072 for NSIDE=16"):
+        read_header_and_layout(path)
