@@ -47,12 +47,17 @@ def _all_neighbours_in(mask: np.ndarray, pixels: np.ndarray) -> np.ndarray:
 
 
 def _neighbours_of(pixels: np.ndarray, nside: int) -> np.ndarray:
-    """Sorted unique NESTED neighbours of ``pixels`` (may include pixels of the set itself), int64."""
-    found = [np.empty(0, dtype=np.int64)]
+    """Sorted unique NESTED neighbours of ``pixels`` (may include pixels of the set itself), int64.
+
+    Marked in a boolean map (1 byte per pixel) rather than ``np.unique``: on a random 20 % of the
+    pixels at nside 512, numpy 2.4's hash-based unique made :func:`observed_footprint` take 14.6 s,
+    the map 1.2 s (same result).
+    """
+    marked = np.zeros(hp.nside2npix(nside), dtype=bool)
     for start in range(0, pixels.size, _NEIGHBOUR_BLOCK):
-        neighbours = hp.get_all_neighbours(nside, pixels[start:start + _NEIGHBOUR_BLOCK], nest=True).ravel()
-        found.append(np.unique(neighbours[neighbours >= 0]))
-    return np.unique(np.concatenate(found))
+        neighbours = hp.get_all_neighbours(nside, pixels[start:start + _NEIGHBOUR_BLOCK], nest=True)
+        marked[neighbours[neighbours >= 0]] = True
+    return np.flatnonzero(marked)
 
 
 def observed_footprint(reached) -> tuple[np.ndarray, int]:
