@@ -19,7 +19,6 @@ LSSC_LAUNCH=()      # launcher words, set by lssc_set_launcher
 LSSC_CHILD=         # pid of the running launcher
 LSSC_STATUS=        # exit code of the last run
 LSSC_STOPPED_BY=    # SIGTERM/SIGINT once received: checkpoint and do not run again
-LSSC_FORWARDED=     # set when SIGUSR1 was sent to the running launcher
 
 lssc_log() {
     printf '%s %s: %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "${LSSC_SCRIPT:-jobs}" "$*" >&2
@@ -68,9 +67,7 @@ lssc_set_launcher() {
 _lssc_on_signal() {
     [[ $1 == USR1 ]] || LSSC_STOPPED_BY=SIG$1
     lssc_log "SIG$1 received: asking the ranks to checkpoint at the next task boundary"
-    if [[ -n $LSSC_CHILD ]] && kill -USR1 "$LSSC_CHILD" 2>/dev/null; then
-        LSSC_FORWARDED=1
-    fi
+    [[ -z $LSSC_CHILD ]] || kill -USR1 "$LSSC_CHILD" 2>/dev/null
 }
 
 # From here on the script records stop signals instead of dying of them.
@@ -109,14 +106,15 @@ lssc_run() {
     fi
     LSSC_CHILD=
     lssc_log "exit code $LSSC_STATUS"
-    if [[ -n $LSSC_FORWARDED ]] && ((LSSC_STATUS == 128 + $(kill -l USR1))); then
-        # The ranks handle SIGUSR1 only inside a stage's task loop; elsewhere (start-up, between stages)
-        # it kills them. Like a SIGKILL, that loses nothing: checkpoints and outputs are written
-        # atomically (DESIGN.md §6), so a rerun resumes.
-        lssc_log "the forwarded SIGUSR1 ended the ranks outside a task loop: counted as checkpointed (75)"
+    if ((LSSC_STATUS == 128 + $(kill -l USR1))); then
+        # A rank that gets SIGUSR1 while Python starts, before the CLI installs its handlers, dies of it
+        # (srun and mpirun then exit 138). SIGUSR1 only ever asks for a checkpoint here (this script's
+        # forwarding, or "scancel --signal=USR1", which reaches the ranks of an srun step directly), and
+        # like a SIGKILL such a death loses nothing: checkpoints and outputs are written atomically
+        # (DESIGN.md §6), so a rerun resumes.
+        lssc_log "the ranks died of SIGUSR1 before they could handle it: counted as checkpointed (75)"
         LSSC_STATUS=$LSSC_EXIT_CHECKPOINTED
     fi
-    LSSC_FORWARDED=
 }
 
 # lssc_should_rerun ATTEMPT: true when the run that just ended (number ATTEMPT, counted from 1)

@@ -1,12 +1,21 @@
 #!/bin/bash
+# Lines marked SITE depend on your cluster: edit them. The other #SBATCH lines make the requeue work.
 #SBATCH --job-name=lensing-ssc-array
+# SITE: the seeds (array indices, see below) and how many run at once (%4); usually given to sbatch.
 #SBATCH --array=100-109%4
+# SITE: the account (project, allocation) and partition (queue) to charge and run in; remove one '#'.
+##SBATCH --account=my_account
+##SBATCH --partition=my_partition
+# SITE: ranks of each array task = nodes x tasks per node, one rank per core (32-core nodes here).
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=32
 #SBATCH --cpus-per-task=1
+# SITE: the wall time of one run of one array task, at most the partition's limit.
 #SBATCH --time=24:00:00
+# SITE (path): the log of each array task, relative to the submit directory; appended to on requeue.
 #SBATCH --output=lensing-ssc-%A_%a.out
 #SBATCH --open-mode=append
+# The tasks may be requeued; SIGUSR1 reaches the batch shell 120 s before the time limit (see slurm_run.sh).
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@120
 #
@@ -26,10 +35,14 @@
 #     output_dir: runs/bigbox/s{seed}
 #     seed: {seed}
 #
-# Everything else (editing, environment, exit codes): see slurm_run.sh and jobs/README.md.
+# LSSC_CONFIG_DIR (SITE, path) and LSSC_SEED_OFFSET are read from the environment. Each task runs
+# $LSSC_JOBS_DIR/slurm_run.sh, whose "Site set-up" and launcher SITE lines apply here too. Signals,
+# environment and exit codes: see slurm_run.sh and jobs/README.md; one array task is checkpointed and
+# requeued by hand with "scancel --batch --signal=USR1 JOBID_INDEX".
 set -uo pipefail
 
 LSSC_SCRIPT=slurm_array.sh
+# SITE (path): the jobs/ directory is found from the submit directory; export LSSC_JOBS_DIR to name it.
 LSSC_JOBS_DIR=${LSSC_JOBS_DIR:-$(dirname "${BASH_SOURCE[0]}")}
 [[ -f $LSSC_JOBS_DIR/common.sh ]] || LSSC_JOBS_DIR=${SLURM_SUBMIT_DIR:-$PWD}/jobs
 export LSSC_JOBS_DIR
@@ -51,8 +64,9 @@ name=$(basename "$template")
 config=$config_dir/${name%.*}_s$seed.yaml
 mkdir -p "$config_dir" || lssc_fail "LSSC_CONFIG_DIR: cannot create '$config_dir'"
 # Written to a temporary file and renamed, so that a config is never seen half written.
-sed "s/{seed}/$seed/g" "$template" >"$config.tmp.$$" && mv -f "$config.tmp.$$" "$config" ||
+if ! { sed "s/{seed}/$seed/g" "$template" >"$config.tmp.$$" && mv -f "$config.tmp.$$" "$config"; }; then
     lssc_fail "cannot write '$config'"
+fi
 lssc_log "array task $SLURM_ARRAY_TASK_ID: seed $seed, config $config"
 
 # exec keeps this process (the batch shell that Slurm signals) for slurm_run.sh.

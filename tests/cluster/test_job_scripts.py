@@ -202,6 +202,22 @@ def test_slurm_usr1_that_kills_the_ranks_still_requeues(cluster):
     assert cluster.calls()[-1] == f"scontrol requeue {JOB_ID}"
 
 
+def test_slurm_usr1_sent_to_the_ranks_directly_still_requeues(cluster):
+    """`scancel --signal=USR1` (no --batch) signals srun's ranks, not the batch shell: a rank still
+    starting dies of it (srun exits 138), which loses nothing either: requeue."""
+    job = cluster.start("slurm_run.sh", cluster.config(), LSSC_CMD="unprepared", LSSC_LAUNCHER="none")
+    try:
+        cluster.wait_until(lambda: "ready" in cluster.calls(), "the command to start")
+        for process in psutil.Process(job.pid).children(recursive=True):
+            process.send_signal(signal.SIGUSR1)
+        _, err = job.communicate(timeout=30)
+    finally:
+        kill_session(job)
+    assert job.returncode == 0, err
+    assert "exit code 138" in err and "SIGUSR1 received" not in err
+    assert cluster.calls()[-1] == f"scontrol requeue {JOB_ID}"
+
+
 def test_slurm_array_renders_the_seed_config_and_runs_it(cluster):
     template = cluster.dir / "family.yaml"
     template.write_text(f"output_dir: {cluster.dir}/runs/s{{seed}}\nseed: {{seed}}\n"
