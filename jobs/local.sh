@@ -9,8 +9,9 @@
 # checkpoint and exit 75 without a rerun; SIGUSR1 makes them checkpoint, then the loop resumes them.
 # Any other exit code ends the loop and is the script's exit code.
 #
-# Environment: NP (default 2), LSSC_CMD, LSSC_LAUNCHER (default mpiexec; "none" for one rank without
-# MPI), LSSC_MAX_ATTEMPTS: see common.sh.
+# Environment: NP (default 2), LSSC_CMD, LSSC_LAUNCHER (default mpiexec, unbound, so that NP may exceed
+# the cores of a laptop; LSSC_LAUNCHER="mpiexec --bind-to core" pins one rank per core when NP <= cores;
+# "none" for one rank without MPI), LSSC_MAX_ATTEMPTS: see common.sh.
 set -uo pipefail
 
 LSSC_SCRIPT=local.sh

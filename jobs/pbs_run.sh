@@ -28,7 +28,7 @@
 # resubmit by hand. Other codes are the job's exit code. At most LSSC_MAX_ATTEMPTS runs in the chain.
 # Values passed with -v must not contain commas.
 #
-# Environment: CONFIG, LSSC_ARGS, LSSC_CMD, LSSC_LAUNCHER (default "mpirun -machinefile $PBS_NODEFILE"),
+# Environment: CONFIG, LSSC_ARGS, LSSC_CMD, LSSC_LAUNCHER (default "mpirun --bind-to core -machinefile $PBS_NODEFILE"; one rank per core),
 # NP (default: lines of $PBS_NODEFILE), LSSC_MAX_ATTEMPTS, LSSC_SIGNAL_MARGIN_S, LSSC_PBS_SCRIPT.
 set -uo pipefail
 
@@ -86,9 +86,9 @@ margin_s=${LSSC_SIGNAL_MARGIN_S:-120}
 [[ $margin_s =~ ^[0-9]+$ ]] || lssc_fail "LSSC_SIGNAL_MARGIN_S: expected seconds, got '$margin_s'"
 if [[ -n ${PBS_NODEFILE:-} ]]; then
     NP=${NP:-$(wc -l <"$PBS_NODEFILE")}
-    lssc_set_launcher "mpirun -machinefile $PBS_NODEFILE"
+    lssc_set_launcher "mpirun --bind-to core -machinefile $PBS_NODEFILE"
 else
-    lssc_set_launcher mpirun
+    lssc_set_launcher "mpirun --bind-to core"
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 

@@ -49,7 +49,7 @@
 # by hand. Every other code is the job's exit code (0 done, 2 bad config or input, 3 resources, 1 other).
 # At most LSSC_MAX_ATTEMPTS runs (SLURM_RESTART_COUNT counts the requeues).
 #
-# Environment: LSSC_CMD, LSSC_LAUNCHER (default srun; "mpirun" for Open MPI's launcher), NP,
+# Environment: LSSC_CMD, LSSC_LAUNCHER (default "srun --cpu-bind=cores"; "mpirun --bind-to core" for Open MPI's launcher), NP,
 # LSSC_MAX_ATTEMPTS: see common.sh.
 set -uo pipefail
 
@@ -64,8 +64,13 @@ source "$LSSC_JOBS_DIR/common.sh" || exit 2
 
 lssc_check_args "$@"
 # SITE: the launcher. Plain srun needs the cluster's MpiDefault to suit your MPI (or LSSC_LAUNCHER=
-# "srun --mpi=pmix"; "srun --mpi=list" shows the choices); LSSC_LAUNCHER=mpirun uses Open MPI's own.
-lssc_set_launcher srun
+# "srun --mpi=pmix --cpu-bind=cores"; "srun --mpi=list" shows the choices); LSSC_LAUNCHER="mpirun
+# --bind-to core" uses Open MPI's own. --cpu-bind=cores pins each rank to its own core(s): no rank
+# migrates or shares a core with another, and a rank given one core (--cpus-per-task=1) runs without
+# read-ahead threads (they need a core of their own; see docs/clusters.md, "Placement"). Slurm
+# without a binding task plugin (TaskPlugin=task/none, as scripts/local_slurm.sh) prints "lacks
+# support for cpu binding" and runs unbound.
+lssc_set_launcher "srun --cpu-bind=cores"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 
 # squeue prints the end time (%e) as local time, e.g. 2024-05-01T12:34:56; "N/A" or "NONE" -> skipped.

@@ -16,6 +16,7 @@ stops its worker when the consumer stops, hence this small hand-written version 
 from __future__ import annotations
 
 import numbers
+import os
 import queue
 import threading
 from typing import Iterable, Iterator, TypeVar
@@ -55,6 +56,13 @@ def _produce(iterator: Iterator, items: queue.Queue, stop: threading.Event) -> N
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()
+
+
+def has_spare_core() -> bool:
+    """True when this process may run on more than one core, so a reader thread can overlap the main
+    one. A rank pinned to one core (``srun --cpu-bind=cores``, ``mpiexec --bind-to core``) gets False,
+    and read-ahead would only time-slice that core."""
+    return len(os.sched_getaffinity(0)) > 1
 
 
 def prefetched(iterable: Iterable[T], depth: int = 2) -> Iterator[T]:
@@ -98,4 +106,4 @@ def _consume(iterator: Iterator[T], depth: int) -> Iterator[T]:
         reader.join()
 
 
-__all__ = ["prefetched"]
+__all__ = ["has_spare_core", "prefetched"]

@@ -27,7 +27,10 @@ SCRIPTS = ["common.sh", "slurm_run.sh", "slurm_array.sh", "pbs_run.sh", "local.s
 JOB_ID = "4242"
 
 FAKES = {
-    "srun": 'echo "srun $*" >> "$FAKE_CALLS"\nexec mpiexec -n 2 "$@"\n',
+    # srun's own options (-n N, --cpu-bind=...) are recorded and dropped: the command runs on 2 ranks.
+    "srun": ('echo "srun $*" >> "$FAKE_CALLS"\n'
+             'while [ "${1#-}" != "$1" ]; do if [ "$1" = -n ]; then shift; fi; shift; done\n'
+             'exec mpiexec -n 2 "$@"\n'),
     "scontrol": 'echo "scontrol $*" >> "$FAKE_CALLS"\n',
     "qsub": 'echo "qsub $*" >> "$FAKE_CALLS"\n',
     "squeue": ('echo "squeue $*" >> "$FAKE_CALLS"\n[ -n "$FAKE_END_IN_S" ] || exit 1\n'
@@ -144,7 +147,7 @@ def test_slurm_usr1_checkpoints_requeues_and_resubmission_finishes(cluster):
     assert job.returncode == 0, err
     assert "stopped at a task boundary (signal SIGUSR1)" in err
     assert "slurm_run.sh: exit code 75" in err
-    assert cluster.calls() == [f"squeue -h -j {JOB_ID} -o %e", f"srun toy {config}",
+    assert cluster.calls() == [f"squeue -h -j {JOB_ID} -o %e", f"srun --cpu-bind=cores toy {config}",
                                f"scontrol requeue {JOB_ID}"]
     assert not (cluster.dir / "out" / "toy.npy").exists()
     done_before = len(cluster.checkpoints())
@@ -169,7 +172,7 @@ def test_slurm_end_time_from_squeue_stops_the_job_which_is_requeued(cluster):
 def test_slurm_failure_is_not_requeued(cluster):
     failed = cluster.run("slurm_run.sh", cluster.config(), LSSC_CMD="fail2")
     assert failed.returncode == 2, failed.stderr
-    assert f"srun fail2 {cluster.dir / 'toy.yaml'}" in cluster.calls()
+    assert f"srun --cpu-bind=cores fail2 {cluster.dir / 'toy.yaml'}" in cluster.calls()
     assert not [call for call in cluster.calls() if call.startswith("scontrol")]
 
 
