@@ -10,8 +10,10 @@ pixel as FastPM writes each event, float32 Mass and Aemit, aemitIndex attrs) wit
   ``np.bincount(ID % npix, weights=Mass, minlength=npix)``, overdensity, ``hp.write_map`` float32;
 * ``lensing-ssc preprocess`` on 1 rank and on 2 ranks.
 
-Prints rows/s, peak RSS (max over ranks), and the ratios: targets throughput >= 0.9x the original
-at <= 1/5 of its peak memory, and 2 ranks >= 1.7x one rank.
+Prints rows/s, peak RSS (max over ranks), the RSS right after the imports (max over ranks) and the
+rise of the peak above it (max over ranks), and the ratios: targets throughput >= 0.9x the original
+at <= 1/5 of its peak memory, and 2 ranks >= 1.7x one rank. The ratio of the rises shows what the
+method itself holds, without the ~100-200 MB of interpreter and libraries that both pay.
 """
 import argparse
 import json
@@ -30,6 +32,7 @@ ORIGINAL = r'''
 import json, resource, sys, time
 import bigfile, healpy as hp, numpy as np
 from astropy.cosmology import FlatLambdaCDM
+imports_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 path, out = sys.argv[1], sys.argv[2]
 began = time.perf_counter()
 block = bigfile.File(path)["HEALPIX"]
@@ -50,8 +53,9 @@ for i in range(len(edges) - 1):
     delta = sheet / (4 * np.pi * (chi1 ** 3 - chi2 ** 3) / (3 * npix) * rhobar) - 1
     hp.write_map(f"{out}/delta-sheet-{i:02d}.fits", delta, nest=True, dtype=np.float32, overwrite=True)
     rows += end - start
-print(json.dumps({"rows": rows, "seconds": time.perf_counter() - began,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"rows": rows, "seconds": time.perf_counter() - began, "peak_mb": peak_mb,
+                  "imports_mb": imports_mb, "rise_mb": peak_mb - imports_mb}))
 '''
 
 PIPELINE = r'''
@@ -62,13 +66,15 @@ from lensing_ssc.processing.pipeline import PreprocessingPipeline
 config = ProcessingConfig(data_dir=sys.argv[1], output_dir=sys.argv[2], seed=1, memory_monitoring=False,
                           preprocessing={"sheet_range": [0, 100], "chunk_size": 4_000_000})
 comm = get_comm()
+imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 comm.barrier()
 began = time.perf_counter()
 PreprocessingPipeline(config).execute()
 seconds = comm.max(time.perf_counter() - began)
-peak = comm.max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak, imports_mb, rise = comm.max(mine), comm.max(imports), comm.max(mine - imports)
 if comm.is_root:
-    print(json.dumps({"seconds": seconds, "peak_mb": peak}))
+    print(json.dumps({"seconds": seconds, "peak_mb": peak, "imports_mb": imports_mb, "rise_mb": rise}))
 '''
 
 
@@ -135,11 +141,13 @@ def main():
         two = run_json(["mpiexec", "-n", "2", sys.executable, "-c", PIPELINE, tmp / "usmesh", tmp / "two"], env)
     rate = {name: rows / result["seconds"] for name, result in
             (("original", original), ("1 rank", one), ("2 ranks", two))}
-    print(f"{'method':<10} {'seconds':>8} {'Mrows/s':>8} {'peak MB':>8}")
+    print(f"{'method':<10} {'seconds':>8} {'Mrows/s':>8} {'peak MB':>8} {'imports MB':>10} {'rise MB':>8}")
     for name, result in (("original", original), ("1 rank", one), ("2 ranks", two)):
-        print(f"{name:<10} {result['seconds']:>8.2f} {rate[name] / 1e6:>8.2f} {result['peak_mb']:>8.0f}")
+        print(f"{name:<10} {result['seconds']:>8.2f} {rate[name] / 1e6:>8.2f} {result['peak_mb']:>8.0f} "
+              f"{result['imports_mb']:>10.0f} {result['rise_mb']:>8.0f}")
     print(f"throughput 1 rank / original: {rate['1 rank'] / rate['original']:.2f} (target >= 0.9)")
-    print(f"peak memory 1 rank / original: {one['peak_mb'] / original['peak_mb']:.2f} (target <= 0.2)")
+    print(f"peak memory 1 rank / original: {one['peak_mb'] / original['peak_mb']:.2f} (target <= 0.2); "
+          f"rise above the imports: {one['rise_mb'] / original['rise_mb']:.2f}")
     print(f"speed-up 2 ranks / 1 rank: {rate['2 ranks'] / rate['1 rank']:.2f} (target >= 1.7)")
 
 

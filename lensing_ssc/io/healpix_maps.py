@@ -3,6 +3,9 @@
 Every map lensing_ssc writes carries ``ORDERING='NESTED'`` (SCIENCE.md Decision 2); reading a file
 whose header ordering is missing or not NESTED is refused, because a silently re-ordered map looks
 like white noise to every statistic.
+
+Maps are written block by block (:func:`write_nested_map_blocks`) in the bytes of healpy's
+``write_map(nest=True)``, so that a writer never holds the whole map, nor a converted copy of it.
 """
 from __future__ import annotations
 
@@ -157,11 +160,94 @@ class MapRangeReader:
         np.copyto(out, raw)
 
 
+# Pixels per block when write_nested_map streams an in-memory map (4-8 MiB converted at a time).
+_WRITE_BLOCK = 1 << 20
+# healpy write_map stores a map of more than 1024 pixels as rows of 1024 (its default fits_IDL=True).
+_HEALPY_ROW = 1024
+# Stored types whose FITS bytes are the big-endian values (not bool: a FITS logical column stores 'T'/'F').
+_MAP_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.int16, np.int32, np.int64, np.float32, np.float64))
+
+
+def _healpy_map_header(nside: int, dtype: np.dtype, cards) -> fits.Header:
+    """The binary-table header healpy ``write_map(m, nest=True, dtype=dtype, extra_header=cards)`` writes
+    for a full-sky map of ``nside``: built by astropy from an empty table of healpy's column, then the
+    row count and healpy's keys set as ``healpy.fitsfunc.write_map`` sets them (healpy 1.20; the tests
+    compare the bytes with healpy's). Deliberately not healpy itself: it builds the header only together
+    with a table holding the whole map."""
+    npix = hp.nside2npix(nside)
+    letter = hp.fitsfunc.getformat(dtype)  # 'E', 'D', 'B', ...: healpy's own dtype -> TFORM rule
+    per_row = _HEALPY_ROW if npix > _HEALPY_ROW else 1
+    # healpy names the single column "T": it zips its default name "TEMPERATURE" as a sequence of maps.
+    column = fits.Column(name="T", format=f"{per_row}{letter}" if per_row > 1 else letter)
+    header = fits.BinTableHDU.from_columns([column], nrows=0).header
+    header["NAXIS2"] = npix // per_row
+    header["PIXTYPE"] = ("HEALPIX", "HEALPIX pixelisation")
+    header["ORDERING"] = ("NESTED", "Pixel ordering scheme, either RING or NESTED")
+    header["EXTNAME"] = ("xtension", "name of this binary table extension")
+    header["NSIDE"] = (nside, "Resolution parameter of HEALPIX")
+    header["FIRSTPIX"] = (0, "First pixel # (0 based)")
+    header["LASTPIX"] = (npix - 1, "Last pixel # (0 based)")
+    header["INDXSCHM"] = ("IMPLICIT", "Indexing: IMPLICIT or EXPLICIT")
+    header["OBJECT"] = ("FULLSKY", "Sky coverage, either FULLSKY or PARTIAL")
+    for key, value, comment in cards:
+        header[key] = (value, comment)
+    return header
+
+
+def write_nested_map_blocks(path, blocks: Iterable[np.ndarray], nside: int,
+                            header: Optional[Iterable[Tuple[str, object, str]]] = None, dtype=np.float32) -> Path:
+    """Write a NESTED full-sky map of ``nside`` from its consecutive pixel blocks, atomically.
+
+    ``blocks``: 1-D arrays of any sizes (empty ones allowed) that together hold the ``12 nside^2`` pixels
+    in NESTED order; each is converted to ``dtype`` (big-endian) and written before the next is asked
+    for, so only one block and its converted copy are in memory. ``header``: extra cards (key, value,
+    comment), keys cut to 8 upper-case characters. The file has the bytes of healpy
+    ``write_map(values, nest=True, dtype=dtype, extra_header=header)``: a primary HDU, then a binary
+    table of one column in rows of 1024 pixels (one pixel per row for maps of <= 1024 pixels), zero
+    padding to 2880-byte records. It is written as ``*.inprogress``, fsynced and renamed: blocks that do
+    not add up to ``12 nside^2`` pixels (ValueError naming the file) or an error raised by ``blocks``
+    leave no final file.
+    """
+    path = Path(path)
+    if not hp.isnsideok(nside, nest=True):
+        raise ValueError(f"{path}: nside {nside} is not a power of 2, as a NESTED map needs")
+    npix = hp.nside2npix(nside)
+    if np.dtype(dtype) not in _MAP_DTYPES:
+        raise ValueError(f"{path}: cannot write a map of dtype {np.dtype(dtype)}; expected one of "
+                         f"{', '.join(t.name for t in _MAP_DTYPES)}")
+    stored = np.dtype(dtype).newbyteorder(">")  # FITS tables are big-endian
+    cards = [(key[:8].upper(), value, comment) for key, value, comment in (header or [])]
+    table_header = _healpy_map_header(nside, np.dtype(dtype), cards)
+    written = 0
+    with atomic_output(path) as temporary:
+        # astropy writes healpy's default primary HDU, the header, and the zero padding once the header's
+        # NAXIS1 x NAXIS2 bytes are in; it only takes bytes (a uint8 array) for a table.
+        with fits.StreamingHDU(str(temporary), table_header) as stream:
+            for block in blocks:
+                block = np.asarray(block)
+                if block.ndim != 1:
+                    raise ValueError(f"{path}: pixel block of shape {block.shape}; expected 1-D blocks")
+                if written + block.size > npix:
+                    raise ValueError(f"{path}: the pixel blocks hold more than the 12*nside^2 = {npix} pixels "
+                                     f"of nside {nside}")
+                if block.size:
+                    stream.write(np.ascontiguousarray(block.astype(stored, copy=False)).view(np.uint8))
+                    written += block.size
+                del block  # not alive while the next block is made
+        if written != npix:
+            raise ValueError(f"{path}: the pixel blocks hold {written} pixels; expected 12*nside^2 = {npix} "
+                             f"for nside {nside}")
+    return path
+
+
 def write_nested_map(path, values: np.ndarray, header: Optional[Iterable[Tuple[str, object, str]]] = None,
                      dtype=np.float32) -> Path:
-    """Write a NESTED map atomically (``*.inprogress`` then rename); ``header`` cards (key, value, comment)."""
-    path = Path(path)
-    cards = [(key[:8].upper(), value, comment) for key, value, comment in (header or [])]
-    with atomic_output(path) as temporary:
-        hp.write_map(str(temporary), values, nest=True, dtype=dtype, overwrite=True, extra_header=cards)
-    return path
+    """Write a NESTED map (shape (12 nside^2,)) atomically (``*.inprogress`` then rename); ``header``
+    cards (key, value, comment). The bytes of healpy ``write_map``: see :func:`write_nested_map_blocks`."""
+    values = np.asarray(values)
+    try:
+        nside = hp.npix2nside(values.size)
+    except ValueError:
+        raise ValueError(f"{path}: {values.size} values are not a full-sky HEALPix map (12*nside^2 pixels)") from None
+    blocks = (values[start:start + _WRITE_BLOCK] for start in range(0, values.size, _WRITE_BLOCK))
+    return write_nested_map_blocks(path, blocks, nside, header, dtype)

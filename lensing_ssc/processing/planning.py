@@ -2,10 +2,11 @@
 
 Rank 0 only, no writes. Estimates are per MPI rank, in MiB, for the dominant arrays:
 
-* preprocess: the stage's own estimate (``preprocessing_steps.estimate_memory_mb``: float64 accumulator,
-  float32 sheet and its FITS copy, and the row chunks);
+* preprocess: the stage's own estimate (``preprocessing_steps.estimate_memory_mb``: float64 accumulator
+  and its reached bits, 8.1 B per pixel, a bounded bincount and the row chunks; the float32 sheet is
+  streamed to its file block by block);
 * kappa: the stage's own estimate (``kappa_steps.estimate_memory_mb``: one pixel-range task with a
-  block of every sheet, or on rank 0 while it writes, one float32 full-sky map);
+  block of every sheet; rank 0 streams the maps task by task, so it needs no full-sky map);
 * analyze: the full-sky map in float64 twice (NESTED as read, RING copy) plus ~30 float64 patch-sized
   work arrays (noise, DCT buffers, gradients).
 """

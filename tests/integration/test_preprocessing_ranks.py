@@ -31,13 +31,13 @@ from lensing_ssc.cli import main
 pipelines.MockPipeline, pipelines.PreprocessingPipeline = MockPipeline, PreprocessingPipeline
 kill_at = int(sys.argv[1])
 if kill_at:
-    original, writes = preprocessing_steps.write_nested_map, []
+    original, writes = preprocessing_steps.write_nested_map_blocks, []
     def write_then_die(*args, **kwargs):
         writes.append(1)
         if get_comm().rank == 1 and len(writes) == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         return original(*args, **kwargs)
-    preprocessing_steps.write_nested_map = write_then_die
+    preprocessing_steps.write_nested_map_blocks = write_then_die
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -1,11 +1,106 @@
-"""Reading NESTED maps by pixel range straight from the file (MapRangeReader) against astropy/healpy."""
+"""Writing NESTED maps block by block in healpy's bytes, and reading them by pixel range straight from the
+file (MapRangeReader), against astropy/healpy."""
 import healpy as hp
 import numpy as np
 import pytest
 
 from lensing_ssc.core.errors import InputError
 from lensing_ssc.io.healpix_maps import (MapRangeReader, read_header_and_layout, read_nested_map,
-                                         read_nested_range, write_nested_map)
+                                         read_nested_range, write_nested_map, write_nested_map_blocks)
+
+CARDS = [("SHEET", 3, "sheet index"), ("DMEAN", 0.1234567890123456789, "mean"), ("COVERED", True, "full sky"),
+         ("INPUTID", "0123456789abcdef", "a string"), ("NEGATIVE", -2.5e-300, "tiny float")]
+
+
+def split(values, bounds):
+    """``values`` cut at ``bounds`` (clipped to its size): consecutive blocks, empty ones included."""
+    cuts = [min(b, values.size) for b in bounds]
+    return [values[a:b] for a, b in zip([0] + cuts, cuts + [values.size])]
+
+
+def splits(values):
+    """Block splits of a map: whole, empty blocks, cuts off the 1024-pixel rows, random sizes."""
+    sizes = np.random.default_rng(values.size).integers(0, 3000, 40)
+    return {"whole": [values], "empty": split(values, [0, 0, 5, 5, values.size, values.size]),
+            "unaligned": split(values, [1, 1000, 1025, 3071, 5000]),
+            "random": split(values, list(np.cumsum(sizes)))}
+
+
+def map_values(npix, dtype):
+    rng = np.random.default_rng(npix)
+    if dtype == np.uint8:  # the footprint map: 0/1 bytes
+        return (rng.random(npix) < 0.7).astype(np.uint8)
+    return rng.normal(size=npix) * 10.0 ** rng.uniform(-30, 30, npix)  # float64: rounds when stored float32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+@pytest.mark.parametrize("nside", [1, 2, 4, 8, 16, 32, 64])
+def test_blocks_are_written_in_the_bytes_of_healpy(tmp_path, nside, dtype):
+    values = map_values(12 * nside**2, dtype)
+    reference = tmp_path / "healpy.fits"
+    hp.write_map(str(reference), values, nest=True, dtype=dtype, extra_header=CARDS)
+    expected = reference.read_bytes()
+    assert write_nested_map(tmp_path / "map.fits", values, CARDS, dtype=dtype).read_bytes() == expected
+    for name, blocks in splits(values).items():
+        path = write_nested_map_blocks(tmp_path / f"{name}.fits", iter(blocks), nside, CARDS, dtype=dtype)
+        assert path.read_bytes() == expected, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["healpy.fits", "map.fits"] + [f"{name}.fits" for name in splits(values)])  # no *.inprogress left
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+def test_block_written_map_reads_back(tmp_path, dtype):
+    nside = 32
+    values = map_values(12 * nside**2, dtype)
+    path = write_nested_map_blocks(tmp_path / "m.fits", splits(values)["unaligned"], nside, CARDS, dtype=dtype)
+    stored = values.astype(dtype)
+    np.testing.assert_array_equal(hp.read_map(str(path), nest=True, dtype=dtype), stored)
+    whole, header = read_nested_map(path, dtype=dtype)
+    np.testing.assert_array_equal(whole, stored)
+    assert (header["NSIDE"], header["ORDERING"], header["SHEET"], header["INPUTID"]) == (
+        nside, "NESTED", 3, "0123456789abcdef")
+    _, layout = read_header_and_layout(path)
+    assert (layout.npix, layout.dtype) == (values.size, np.dtype(dtype).newbyteorder(">").str)
+    with MapRangeReader(layout) as reader:
+        for start, stop in [(0, 1), (1000, 1030), (2047, 5000), (0, values.size)]:
+            out = np.empty(stop - start)
+            reader.read_into(start, stop, out)
+            np.testing.assert_array_equal(out, stored[start:stop])
+
+
+def test_blocks_that_do_not_add_up_leave_no_file(tmp_path):
+    nside = 16
+    values = np.arange(12 * nside**2, dtype=np.float32)
+    path = tmp_path / "m.fits"
+    with pytest.raises(ValueError, match=r"m\.fits: the pixel blocks hold 3071 pixels; expected 12\*nside\^2 = 3072"):
+        write_nested_map_blocks(path, [values[:1000], values[1000:-1]], nside)
+    with pytest.raises(ValueError, match=r"m\.fits: the pixel blocks hold more than the 12\*nside\^2 = 3072"):
+        write_nested_map_blocks(path, [values, values[:1]], nside)
+    with pytest.raises(ValueError, match=r"m\.fits: 3071 values are not a full-sky HEALPix map"):
+        write_nested_map(path, values[:-1])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_in_the_middle_of_the_blocks_keeps_the_previous_file(tmp_path):
+    nside = 16
+    path = write_nested_map(tmp_path / "m.fits", np.zeros(12 * nside**2), [("RUN", 1, "")])
+    before = path.read_bytes()
+
+    def failing_blocks():
+        yield np.ones(2000)
+        raise FloatingPointError("non-finite pixels")
+
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        write_nested_map_blocks(path, failing_blocks(), nside, [("RUN", 2, "")])
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+def test_maps_of_types_without_big_endian_bytes_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"m\.fits: cannot write a map of dtype bool"):
+        write_nested_map(tmp_path / "m.fits", np.ones(12, dtype=bool), dtype=bool)
+    with pytest.raises(ValueError, match=r"m\.fits: pixel block of shape \(3, 4\)"):
+        write_nested_map_blocks(tmp_path / "m.fits", [np.zeros((3, 4))], 1)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

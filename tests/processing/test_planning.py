@@ -7,14 +7,18 @@ from lensing_ssc.processing.planning import analysis_memory_mb, kappa_memory_mb,
 
 
 def test_memory_estimates_scale_with_nside_as_documented():
-    # float64 accumulator + float32 sheet + its FITS copy, plus the row chunk (the stage's own estimate)
-    assert preprocess_memory_mb(8192, 0) == 12 * 8192 ** 2 * 16 / 2 ** 20
+    # float64 accumulator + its reached bits + a bincount of at most 2^22 pixels, plus the row chunk (the
+    # stage's own estimate); the float32 sheet is streamed to its file block by block
+    assert preprocess_memory_mb(8192, 0) == (12 * 8192 ** 2 * (8 + 1 / 8) + 8 * 2 ** 22) / 2 ** 20
+    assert preprocess_memory_mb(1, 0) == 12 * (8 + 1 / 8 + 8) / 2 ** 20
     assert preprocess_memory_mb(8192, 10 ** 7) > preprocess_memory_mb(8192, 0) + 10 ** 7 * 50 / 2 ** 20
     assert analysis_memory_mb(4096, 2048) > 2 * 12 * 4096 ** 2 * 8 / 2 ** 20
-    # kappa per rank is bounded by one task except on the writing rank 0 (one float32 map) ...
-    assert kappa_memory_mb(8192, 5, 100) == 12 * 8192 ** 2 * 4 / 2 ** 20 + 2 ** 20 * 4 * 5 / 2 ** 20
-    # ... and a task holds a block of 2^14 pixels of every sheet, float32 + 3 float64 (prefetch)
+    # kappa per rank is one task, also on rank 0 that streams the maps task by task (no full-sky map):
+    # a task holds a block of 2^14 pixels of every sheet, float32 + 3 float64 (prefetch) ...
     assert kappa_memory_mb(1024, 5, 10 ** 4) == 2 ** 20 * (12 * 5 + 8) / 2 ** 20 + 10 ** 4 * 2 ** 14 * 28 / 2 ** 20
+    # ... and its pixels stop growing with nside at 2^20
+    assert kappa_memory_mb(8192, 5, 100) == kappa_memory_mb(1024, 5, 100) == (
+        2 ** 20 * (12 * 5 + 8) + 100 * 2 ** 14 * 28) / 2 ** 20
 
 
 def test_plan_counts_existing_outputs_and_reads_nside_from_maps(tmp_path):

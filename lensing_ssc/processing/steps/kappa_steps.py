@@ -4,7 +4,7 @@
                          of all (source, sheet) pairs, the seed and the output names; broadcasts a KappaPlan
     BornSumStep          tasks = fixed NESTED pixel ranges; a task reads its range of every weighted
                          sheet once and accumulates all source redshifts in the same pass
-    WriteKappaMapsStep   rank 0 assembles each map from the task checkpoints and writes it atomically
+    WriteKappaMapsStep   rank 0 streams each map from the task checkpoints into its file, atomically
     KappaValidationStep  optional: measured C_ell of each map (masked to the footprint) against a Limber
                          prediction
 
@@ -43,8 +43,8 @@ from lensing_ssc.core.cosmology import check_against_header, make_cosmology
 from lensing_ssc.core.errors import ConfigError, InputError
 from lensing_ssc.io.atomic import atomic_output, ensure_free_disk, write_json_atomic
 from lensing_ssc.io.healpix_maps import (MapLayout, MapRangeReader, read_header, read_header_and_layout,
-                                        read_nested_map, read_nested_range, write_nested_map)
-from lensing_ssc.io.prefetch import prefetched
+                                        read_nested_map, read_nested_range, write_nested_map_blocks)
+from lensing_ssc.io.prefetch import has_spare_core, prefetched
 from lensing_ssc.io.usmesh import UsmeshCatalog, UsmeshError
 from lensing_ssc.parallel import root_then_bcast
 from lensing_ssc.processing.resources import check_memory_estimate
@@ -72,6 +72,10 @@ MAX_PIXELS_PER_TASK = 2**20
 # (n_sheets x 2^14 x 8 B: 7.5 MB for 60 sheets) stay near the cache. Measured on 60 sheets at nside
 # 512: 2^11 0.86 s, 2^12 0.62 s, 2^14 0.41 s per full sky (read + convert + sum).
 BORN_BLOCK_PIXELS = 2**14
+# A delta at or below this is healpy's UNSEEN sentinel (-1.6375e30), also after a float32 round trip
+# (healpy's mask_bad tolerance, rtol 1e-5); NaN compares False, so "lowest > UNSEEN_OR_BELOW" is
+# also a NaN check.
+UNSEEN_OR_BELOW = hp.UNSEEN * (1 - 1e-5)
 # Block matrices in memory at once: the one being summed, one waiting, one being read (prefetch depth 1).
 BLOCK_BUFFERS = 3
 # Validation binning: Limber through thin shells is good for ell >~ 10; the pixel window and anafast
@@ -388,12 +392,13 @@ def build_plan(config) -> KappaPlan:
 def estimate_memory_mb(nside: int, n_sources: int, n_sheets: int) -> float:
     """Peak MiB per rank of the dominant arrays: a task (float64 sums, float32 result and footprint
     of its pixels, plus a block of every sheet as stored float32 and in BLOCK_BUFFERS float64 matrices), or on the rank
-    that writes a map, the float32 full-sky map and one task's result."""
+    that writes the maps, which streams them task by task: one task's result (all sources, float32) and
+    two copies of one source's range inside the writer (big-endian, then the bytes astropy writes)."""
     pixels = min(nside**2, MAX_PIXELS_PER_TASK)  # KappaPlan.pixels_per_task
     block_bytes = n_sheets * min(BORN_BLOCK_PIXELS, pixels) * (8 * BLOCK_BUFFERS + 4)
     task_bytes = pixels * (8 * n_sources + 8 + 4 * n_sources) + block_bytes
-    assembly_bytes = 12 * nside**2 * 4 + pixels * 4 * n_sources
-    return max(task_bytes, assembly_bytes) / 2**20
+    writing_bytes = pixels * 4 * (n_sources + 2)
+    return max(task_bytes, writing_bytes) / 2**20
 
 
 def _check_resources(config, plan: KappaPlan) -> None:
@@ -428,12 +433,10 @@ def born_sum_range(sheets: Sequence[SheetInfo], weights: np.ndarray, start: int,
     with contextlib.ExitStack() as stack, threadpool_limits(limits=1, user_api="blas"):
         readers = [stack.enter_context(MapRangeReader(sheets[i].layout)) for i in used]
         blocks = _sheet_blocks(readers, start, stop, block)
-        if len(os.sched_getaffinity(0)) > 1:  # a reader thread needs a core of its own to overlap anything
+        if has_spare_core():
             blocks = stack.enter_context(contextlib.closing(prefetched(blocks, depth=1)))
-        for first, deltas in blocks:
-            # NaN propagates through min/max; UNSEEN is the most negative value a map can hold.
-            lowest, highest = deltas.min(), deltas.max()
-            if not (np.isfinite(lowest) and np.isfinite(highest)) or lowest == hp.UNSEEN:
+        for first, deltas, valid in blocks:
+            if not valid:
                 _raise_bad_pixels([sheets[i] for i in used], deltas, first)
             np.matmul(used_weights, deltas, out=total[:, first - start:first - start + deltas.shape[1]])
     if footprint is not None:
@@ -442,24 +445,29 @@ def born_sum_range(sheets: Sequence[SheetInfo], weights: np.ndarray, start: int,
 
 
 def _sheet_blocks(readers: Sequence[MapRangeReader], start: int, stop: int, block: int):
-    """Yield ``(first pixel, deltas)`` per block of [start, stop): float64 (n_readers, pixels in block).
+    """Yield ``(first pixel, deltas, valid)`` per block of [start, stop): deltas float64 (n_readers,
+    pixels in block); ``valid`` is False when some value is non-finite or UNSEEN.
 
-    The blocks cycle through ``BLOCK_BUFFERS`` matrices: a consumer reading at most one block ahead
-    through ``prefetched(depth=1)`` holds at most that many at once.
+    Each row is checked as soon as it is read, while it is in cache (and, when prefetched, in the
+    reader thread). The blocks cycle through ``BLOCK_BUFFERS`` matrices: a consumer reading at most
+    one block ahead through ``prefetched(depth=1)`` holds at most that many at once.
     """
     buffers = [np.empty((len(readers), block)) for _ in range(BLOCK_BUFFERS)]
     for number, first in enumerate(range(start, stop, block)):
         last = min(first + block, stop)
         deltas = buffers[number % BLOCK_BUFFERS][:, :last - first]
+        valid = True
         for reader, row in zip(readers, deltas):
             reader.read_into(first, last, row)
-        yield first, deltas
+            lowest, highest = row.min(), row.max()  # NaN propagates through min and max
+            valid = valid and bool(np.isfinite(highest) and lowest > UNSEEN_OR_BELOW)
+        yield first, deltas, valid
 
 
 def _raise_bad_pixels(sheets: Sequence[SheetInfo], deltas: np.ndarray, first: int) -> None:
     """InputError naming the first sheet of ``deltas`` (one row per sheet, pixels from ``first``) that
     holds a non-finite or UNSEEN value."""
-    bad = ~np.isfinite(deltas) | (deltas == hp.UNSEEN)
+    bad = ~np.isfinite(deltas) | (deltas <= UNSEEN_OR_BELOW)
     row = int(np.argmax(bad.any(axis=1)))
     raise InputError(f"{sheets[row].path}: {np.count_nonzero(bad[row])} non-finite or UNSEEN pixel(s) in "
                      f"NESTED pixels [{first}, {first + deltas.shape[1]}), first at "
@@ -692,7 +700,8 @@ class BornSumStep(BaseStep):
 
 
 class WriteKappaMapsStep(BaseStep):
-    """Rank 0 assembles each map from the task checkpoints, writes it, then drops the checkpoints."""
+    """Rank 0 streams each map from the task checkpoints into its file (task by task, in pixel order: the
+    map is never whole in memory), then drops the checkpoints."""
 
     retryable = False
 
@@ -708,12 +717,11 @@ class WriteKappaMapsStep(BaseStep):
                         shutil.copyfile(plan.footprint, temporary)
                 elif copy.is_file():  # left by an earlier partial-sky run: these maps are full sky
                     copy.unlink()
+                tasks = sorted(input_data["tasks"], key=lambda task: task.payload[0])  # consecutive ranges
                 for k, path in enumerate(plan.outputs):
-                    kappa = np.empty(plan.npix, dtype=np.float32)
-                    for task in input_data["tasks"]:
-                        start, stop = task.payload
-                        kappa[start:stop] = runner.load(task)["kappa"][k]
-                    write_nested_map(path, kappa, plan.header_cards(k, self.config), dtype=np.float32)
+                    ranges = (runner.load(task)["kappa"][k] for task in tasks)
+                    write_nested_map_blocks(path, ranges, plan.nside, plan.header_cards(k, self.config),
+                                            dtype=np.float32)
                     log.info("kappa: wrote %s", path)
                 runner.store.clear()  # every map is complete: the partial sums are no longer needed
 

@@ -16,11 +16,15 @@ The coordinate transformation itself (``ID % npix``, or observer-relative ``Posi
 mass-sheet tasks; step 2 only chooses it and checks it before any sheet is written.
 
 Memory per rank (one sheet at a time): the float64 mass map (8 B x npix; the first chunk's bincount
-becomes it, later chunks add a bincount over their pixel span), one chunk of ``chunk_size`` rows (about
-50 B per row inside the reader: ID, Mass, slice ids, mask, int64 pixels, float64 masses), then the
-float32 sheet (4 B x npix) and its copy inside the FITS writer (the float64 map is dropped before the
-write). Peak ~= 12-16 B x npix + 50 B x chunk_size above the interpreter's ~180 MB: measured +220 MB at
-nside 1024 with chunk_size 4e6 (PERFORMANCE.md's original method: +430 MB), ~13 GiB at nside 8192.
+becomes it, later chunks add a bincount over their pixel span, range by range beyond ``_BIN_SPAN``
+pixels; particle counts become masses in place), one chunk of ``chunk_size`` rows (about 50 B per row
+inside the reader: ID, Mass, slice ids, mask, int64 pixels, float64 masses, plus the chunk in flight),
+then the packed reached bits (npix / 8 B). The float32 sheet is never whole: its blocks are computed
+from the mass map twice, once for the mean (header card DMEAN precedes the pixels in the file), once
+streamed into the FITS file. Peak ~= 8.1 B x npix + ~110 B x chunk_size + 32 MiB above the interpreter
+(:func:`estimate_memory_mb`), ~6.1 GiB at nside 8192 (the whole-map write held 16 B x npix, 12 GiB).
+Measured at nside 1024, one rank, 40 sheets: +104 MB (1e6 rows, chunk_size 25 000) and +121 MB (2e7
+rows, chunk_size 4e6) for this step, against +208 and +227 MB with the whole-map write.
 
 Footprint (partial-sky light cones, FastPM ``lc_fov`` < 360): each sheet task also records which pixels
 its slice reached (a packed bit map, npix/8 bytes, in its checkpoint); quality control ORs them and keeps
@@ -44,7 +48,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -53,8 +57,8 @@ from lensing_ssc.core.config import ProcessingConfig
 from lensing_ssc.core.cosmology import check_against_header, make_cosmology
 from lensing_ssc.core.errors import ConfigError, InputError, ValidationError
 from lensing_ssc.io.atomic import ensure_free_disk, write_json_atomic
-from lensing_ssc.io.prefetch import prefetched
-from lensing_ssc.io.healpix_maps import read_header, read_nested_map, write_nested_map
+from lensing_ssc.io.prefetch import has_spare_core, prefetched
+from lensing_ssc.io.healpix_maps import read_header, read_nested_map, write_nested_map, write_nested_map_blocks
 from lensing_ssc.io.usmesh import HEALPIX_DATASET, PARTICLE_DATASET, UsmeshCatalog, UsmeshError
 from lensing_ssc.parallel import get_comm, root_then_bcast
 from lensing_ssc.processing.resources import check_memory_estimate
@@ -88,8 +92,16 @@ MEAN_DELTA_SIGMAS = 5.0
 # A sheet is "full sky" when all 48 nside-2 regions (12 at nside 1) hold mass.
 COARSE_NSIDE = 2
 # Bytes per row held while a chunk is processed (reader columns, mask, int64 pixels, float64 masses).
-BYTES_PER_CHUNK_ROW = 50 + 32  # + one prefetched chunk (ID and mass) in flight
-# Pixels per block when converting the float64 mass map to the float32 overdensity.
+BYTES_PER_CHUNK_ROW = 50 + 32 + 26  # + one prefetched chunk (ID and mass) in flight + its rows regrouped
+# A later chunk whose pixels span more than this is binned range by range (its rows regrouped by range,
+# 26 B per row): the bincount temporary stays 8 B x _BIN_SPAN, not 8 B x npix (a chunk straddling two
+# light-cone events, or particles, which come in no pixel order).
+_BIN_SPAN = 1 << 22
+# np.mean(x, dtype=np.float64) of a float32 array converts it in buffers of np.getbufsize() = 8192 values,
+# sums each buffer pairwise and adds the buffer sums in order: float64_mean sums in the same groups.
+_NUMPY_SUM_GROUP = 8192
+# Pixels per block when converting the float64 mass map to the float32 overdensity: a multiple of
+# _NUMPY_SUM_GROUP (the mean of the sheet is summed block by block) and of 8 (the reached bits).
 _OVERDENSITY_BLOCK = 1 << 16
 # An existing sheet tells which pixels its slice reached (delta != -1) only while one particle per pixel
 # is resolved in float32: delta = M / E - 1 rounds to -1 when M / E < 2**-25, E the expected mass per pixel.
@@ -365,40 +377,112 @@ def accumulate_sheet_mass(catalog: UsmeshCatalog, index: int, chunk_size: int) -
     totals = None
     rows, row_mass = 0, 0.0
     chunks = catalog.iter_slice_chunks(index, chunk_size, margin=SLICE_ROW_MARGIN)
-    if len(os.sched_getaffinity(0)) > 1:  # a reader thread needs a core of its own to overlap anything
+    if has_spare_core():
         chunks = prefetched(chunks, depth=1)  # read + pixelise chunk k+1 while chunk k is binned
     for ipix, mass in chunks:
         weights = mass if weighted else None
         if totals is None:
             totals = np.bincount(ipix, weights=weights, minlength=catalog.npix)
         else:
-            lo, hi = int(ipix.min()), int(ipix.max()) + 1
-            totals[lo:hi] += np.bincount(ipix - lo, weights=weights, minlength=hi - lo)
+            add_chunk(totals, ipix, weights)
         rows += ipix.size
         row_mass += float(mass.sum())
     if totals is None:
         totals = np.zeros(catalog.npix, dtype=np.float64 if weighted else np.int64)
-    if not weighted:
-        totals = totals * catalog.particle_mass
+    if not weighted:  # counts x particle mass, in place (the int64 map becomes the float64 one)
+        counts, totals = totals, totals.view(np.float64)
+        for start in range(0, counts.size, _OVERDENSITY_BLOCK):
+            np.multiply(counts[start:start + _OVERDENSITY_BLOCK], catalog.particle_mass,
+                        out=totals[start:start + _OVERDENSITY_BLOCK])
     return totals, rows, row_mass
 
 
-def overdensity_float32(mass: np.ndarray, chi_far: float, chi_near: float, rhobar: float) -> np.ndarray:
-    """float32 delta = M / (V_pix rhobar) - 1 of a (npix,) float64 mass map [1e10 Msun/h].
+def add_chunk(totals: np.ndarray, ipix: np.ndarray, weights: Optional[np.ndarray]) -> None:
+    """``totals += np.bincount(ipix, weights, minlength=totals.size)`` with a temporary of at most
+    ``_BIN_SPAN`` pixels: the rows are binned over the span of their pixels, or, for a wider span,
+    regrouped by pixel range (a stable sort, so every pixel sums its rows in their order: same bits).
+    ``totals``: (npix,) float64 (weighted) or int64 (counts); ``ipix``: int64 (n,) NEST pixels."""
+    lo, hi = int(ipix.min()), int(ipix.max()) + 1
+    if hi - lo <= _BIN_SPAN:
+        totals[lo:hi] += np.bincount(ipix - lo, weights=weights, minlength=hi - lo)
+        return
+    key = ((ipix - lo) // _BIN_SPAN).astype(np.uint16)  # < 2^16 ranges up to nside 2^17
+    order = np.argsort(key, kind="stable")
+    ipix = ipix[order]
+    weights = weights[order] if weights is not None else None
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(key, minlength=(hi - lo - 1) // _BIN_SPAN + 1))])
+    del key, order
+    for k, (first, last) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if first == last:
+            continue
+        start = lo + k * _BIN_SPAN
+        stop = min(start + _BIN_SPAN, hi)
+        totals[start:stop] += np.bincount(ipix[first:last] - start,
+                                          weights=None if weights is None else weights[first:last],
+                                          minlength=stop - start)
+
+
+def overdensity_float32(mass: np.ndarray, chi_far: float, chi_near: float, rhobar: float, start: int = 0,
+                        stop: Optional[int] = None) -> np.ndarray:
+    """float32 delta = M / (V_pix rhobar) - 1 of pixels ``[start, stop)`` (default: all) of a (npix,) float64
+    mass map [1e10 Msun/h]; shape (stop - start,).
 
     The same float64 operations as :func:`lensing_ssc.science.shells.overdensity` (so the same bits), done
     in cache-sized pixel blocks through one scratch buffer: no second float64 map at the peak, and ~4x
     faster than whole-map temporaries. chi [Mpc/h], rhobar [1e10 Msun/h / (Mpc/h)^3].
     """
     expected = pixel_volume(chi_far, chi_near, mass.size) * rhobar
-    out = np.empty(mass.size, dtype=np.float32)
-    scratch = np.empty(min(_OVERDENSITY_BLOCK, mass.size))
-    for start in range(0, mass.size, _OVERDENSITY_BLOCK):
-        block = scratch[:min(_OVERDENSITY_BLOCK, mass.size - start)]
-        np.divide(mass[start:start + block.size], expected, out=block)
+    stop = mass.size if stop is None else min(stop, mass.size)
+    out = np.empty(stop - start, dtype=np.float32)
+    scratch = np.empty(min(_OVERDENSITY_BLOCK, out.size))
+    for offset in range(0, out.size, _OVERDENSITY_BLOCK):
+        block = scratch[:min(_OVERDENSITY_BLOCK, out.size - offset)]
+        np.divide(mass[start + offset:start + offset + block.size], expected, out=block)
         block -= 1.0
-        out[start:start + block.size] = block
+        out[offset:offset + block.size] = block
     return out
+
+
+def overdensity_blocks(mass: np.ndarray, chi_far: float, chi_near: float, rhobar: float) -> Iterator[np.ndarray]:
+    """The float32 overdensity of a (npix,) float64 mass map (:func:`overdensity_float32`) as consecutive
+    blocks of ``_OVERDENSITY_BLOCK`` pixels (the last one shorter): the sheet is never whole in memory."""
+    for start in range(0, mass.size, _OVERDENSITY_BLOCK):
+        yield overdensity_float32(mass, chi_far, chi_near, rhobar, start, start + _OVERDENSITY_BLOCK)
+
+
+def float64_mean(blocks: Iterable[np.ndarray], count: int) -> float:
+    """``np.mean(x, dtype=np.float64)`` of a float32 array ``x`` of ``count`` values given as consecutive
+    blocks, with the same bits: each group of ``_NUMPY_SUM_GROUP`` values is summed pairwise in float64
+    and the group sums are added in order, as numpy's buffered reduction does. Every block but the last
+    must hold a multiple of ``_NUMPY_SUM_GROUP`` values (ValueError otherwise). The value depends only on
+    ``x``, not on how it was produced (rank count, chunking).
+    """
+    total, seen, ragged = 0.0, 0, False
+    for block in blocks:
+        if block.size and ragged:
+            raise ValueError(f"float64_mean: the blocks before this one hold {seen} values, not a multiple of "
+                             f"{_NUMPY_SUM_GROUP}; only the last block may end off a group")
+        values = block.astype(np.float64)
+        whole = values.size - values.size % _NUMPY_SUM_GROUP
+        for group_sum in values[:whole].reshape(-1, _NUMPY_SUM_GROUP).sum(axis=1):
+            total += group_sum
+        if whole < values.size:
+            total += values[whole:].sum()
+            ragged = True
+        seen += values.size
+    if seen != count:
+        raise ValueError(f"float64_mean: the blocks hold {seen} values; expected {count}")
+    return float(total / count)
+
+
+def reached_bits(mass: np.ndarray) -> np.ndarray:
+    """``np.packbits(mass > 0)`` of a (npix,) map (uint8, (npix + 7) // 8), computed block by block: no
+    npix-byte boolean map."""
+    packed = np.empty((mass.size + 7) // 8, dtype=np.uint8)
+    for start in range(0, mass.size, _OVERDENSITY_BLOCK):
+        bits = np.packbits(mass[start:start + _OVERDENSITY_BLOCK] > 0.0)
+        packed[start // 8:start // 8 + bits.size] = bits
+    return packed
 
 
 def coarse_region_mass(mass: np.ndarray) -> np.ndarray:
@@ -470,21 +554,30 @@ def make_sheet(plan: PreprocessingPlan, catalog: UsmeshCatalog, sheet: SheetPlan
     except UsmeshError as exc:
         raise InputError(str(exc)) from None
     regions = coarse_region_mass(mass)
-    reached = np.packbits(mass > 0.0)
-    delta = overdensity_float32(mass, sheet.chi_far, sheet.chi_near, plan.rhobar)
-    del mass  # the FITS write copies the float32 sheet: keep the float64 map out of that peak
-    mean_delta = float(np.mean(delta, dtype=np.float64))
+    reached = reached_bits(mass)
+
+    def delta_blocks():
+        return overdensity_blocks(mass, sheet.chi_far, sheet.chi_near, plan.rhobar)
+
+    # The header (DMEAN) precedes the pixels in the file: a first pass over the blocks gives the mean, a
+    # second one is written. Recomputing the blocks is cheaper than holding the float32 sheet (4 B x npix).
+    mean_delta = float64_mean(delta_blocks(), mass.size)
     if not math.isfinite(mean_delta):
-        raise InputError(f"{plan.usmesh}: sheet {sheet.index} has {np.count_nonzero(~np.isfinite(delta))} "
-                         "non-finite pixels (non-finite Mass in the usmesh rows?); refusing to write it")
+        bad = sum(int(np.count_nonzero(~np.isfinite(block))) for block in delta_blocks())
+        raise InputError(f"{plan.usmesh}: sheet {sheet.index} has {bad} non-finite pixels (non-finite Mass in "
+                         "the usmesh rows?); refusing to write it")
     book = _bookkeeping(float(regions.sum()), row_mass, rows, mean_delta, bool(np.all(regions > 0)), reached)
-    write_nested_map(sheet.path, delta, plan.header_cards(sheet, book), dtype=np.float32)
+    write_nested_map_blocks(sheet.path, delta_blocks(), plan.nside, plan.header_cards(sheet, book),
+                            dtype=np.float32)
     return book
 
 
 def estimate_memory_mb(npix: int, chunk_size: int) -> float:
-    """Peak per rank above the interpreter [MiB]: float64 map + float32 sheet + its FITS copy + one chunk."""
-    return (npix * (8 + 4 + 4) + chunk_size * BYTES_PER_CHUNK_ROW) / 2 ** 20
+    """Peak per rank above the interpreter [MiB]: the float64 mass map (8 B x npix), its reached bits
+    (npix / 8 B), one chunk of rows (BYTES_PER_CHUNK_ROW x chunk_size) and a bincount of at most
+    ``_BIN_SPAN`` pixels (8 B each). The float32 sheet is never whole: it is computed and written in
+    blocks of ``_OVERDENSITY_BLOCK`` pixels (~2 MB in all)."""
+    return (npix * (8 + 1 / 8) + 8 * min(npix, _BIN_SPAN) + chunk_size * BYTES_PER_CHUNK_ROW) / 2 ** 20
 
 
 # ---------------------------------------------------------------------------------------------

@@ -183,12 +183,14 @@ def test_box_size_of_the_sheets_is_carried_to_the_kappa_header(tmp_path):
     assert read_header(output)["BOXSIZE"] == 625.0
 
 
-def test_non_finite_pixels_are_an_error(tmp_path):
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, hp.UNSEEN])
+def test_non_finite_or_unseen_pixels_are_an_error(tmp_path, value):
     simple_sheets(tmp_path)
     bad = np.zeros(48)
-    bad[17] = np.nan
+    bad[17] = value
     write_sheet(tmp_path, 52, bad)
-    raises_input_error(make_config(tmp_path), "delta-sheet-52.fits", "non-finite")
+    raises_input_error(make_config(tmp_path), "delta-sheet-52.fits",
+                       "1 non-finite or UNSEEN pixel(s) in NESTED pixels [16, 20), first at 17")  # tasks of nside^2 = 4
 
 
 def test_seed_missing_everywhere_names_both_places_and_disagreeing_seeds(tmp_path):
