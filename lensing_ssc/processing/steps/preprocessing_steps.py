@@ -152,6 +152,7 @@ class PreprocessingPlan:
     identity: Dict[str, object]
     route: Dict[str, object] = field(default_factory=dict)
     lc_fov_deg: Optional[float] = None  # FastPM lc_fov from the ParamFile (recorded, not used)
+    up_to_date: bool = False  # the manifest records a finished run of this very stage (see is_complete)
 
     @property
     def npix(self) -> int:
@@ -717,6 +718,7 @@ def manifest(config: ProcessingConfig, plan: PreprocessingPlan, books: Dict[int,
         "rhobar_1e10msunh_per_mpch3": plan.rhobar,
         "chunk_size": config.preprocessing.chunk_size, "row_margin": SLICE_ROW_MARGIN, "n_ranks": nranks,
         "qc": {"file": QC_FILE, "status": qc_status}, "footprint": footprint,
+        "files": {Path(name).name: file_identity(name) for name in _stage_files(config, plan)},
         "sheets": [{"index": s.index, "file": Path(s.path).name, "a_far": s.a_far, "a_near": s.a_near,
                     "z_far": s.z_far, "z_near": s.z_near, "chi_far_mpch": s.chi_far, "chi_near_mpch": s.chi_near,
                     "mass": float(books[s.index]["mass"]), "rows": int(books[s.index]["rows"]),
@@ -727,13 +729,63 @@ def manifest(config: ProcessingConfig, plan: PreprocessingPlan, books: Dict[int,
 # ---------------------------------------------------------------------------------------------
 # Steps.
 
+def _stage_files(config: ProcessingConfig, plan: PreprocessingPlan) -> List[Path]:
+    """The files a finished run leaves besides the manifest: the sheets, qc.json and footprint.fits."""
+    directory = sheets_directory(config)
+    return [Path(s.path) for s in plan.sheets] + [directory / QC_FILE, directory / FOOTPRINT_FILE]
+
+
+def file_identity(path) -> List[int]:
+    """[size in bytes, mtime in ns] of a file, as recorded in the manifest."""
+    stat = Path(path).stat()
+    return [int(stat.st_size), int(stat.st_mtime_ns)]
+
+
+def is_complete(config: ProcessingConfig, plan: PreprocessingPlan) -> bool:
+    """True when ``manifest.json`` records a finished run of this very stage: same package version,
+    science config, usmesh and sheets, and every file it lists unchanged since (size and mtime).
+
+    Then the stage has nothing to do; without this check a requeued job that had moved on to a later
+    stage would read every sheet back (to recover the pixels it reached) before finding that out.
+    ``preprocessing.overwrite`` or ``--restart`` always recompute.
+    """
+    if config.preprocessing.overwrite or config.pipeline.resume == "restart":
+        return False
+    path = sheets_directory(config) / MANIFEST_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    expected_input = json.loads(json.dumps({"usmesh": plan.usmesh, "input_id": plan.input_id, **plan.identity},
+                                           sort_keys=True, default=str))
+    expected_files = {p.name for p in _stage_files(config, plan)}
+    files = record.get("files") if isinstance(record, dict) else None
+    if (not isinstance(files, dict) or set(files) != expected_files
+            or record.get("package_version") != __version__ or record.get("config_hash") != config.science_hash()
+            or record.get("input") != expected_input or record.get("nside") != plan.nside
+            or [s.get("index") for s in record.get("sheets", [])] != [s.index for s in plan.sheets]):
+        return False
+    try:
+        return all(file_identity(path.parent / name) == identity for name, identity in files.items())
+    except OSError:
+        return False
+
+
 class DataDiscoveryStep(BaseStep):
-    """Data discovery and validation: rank 0 builds the PreprocessingPlan; every rank receives it."""
+    """Data discovery and validation: rank 0 builds the PreprocessingPlan and checks whether the stage is
+    already complete (:func:`is_complete`); every rank receives the plan."""
 
     retryable = False
 
     def execute(self, input_data):
-        return {"plan": root_then_bcast(get_comm(), lambda: build_plan(self.config))}
+        def discover():
+            plan = build_plan(self.config)
+            plan.up_to_date = is_complete(self.config, plan)
+            if plan.up_to_date:
+                log.info("preprocess: all %d sheets are up to date (%s matches the config, the usmesh and the "
+                         "files); skipping the stage (use --restart to recompute)", len(plan.sheets), MANIFEST_FILE)
+            return plan
+        return {"plan": root_then_bcast(get_comm(), discover)}
 
 
 class CoordinateTransformationStep(BaseStep):
@@ -747,6 +799,8 @@ class CoordinateTransformationStep(BaseStep):
 
     def execute(self, data):
         plan: PreprocessingPlan = data["plan"]
+        if plan.up_to_date:
+            return data
         plan.route = root_then_bcast(get_comm(), lambda: choose_route(self.config, plan))
         if get_comm().is_root:
             log.info("preprocess: route %s; check: %s", plan.route["transformation"], plan.route["check"])
@@ -764,6 +818,8 @@ class MassSheetGenerationStep(BaseStep):
     def execute(self, data):
         config, comm = self.config, get_comm()
         plan: PreprocessingPlan = data["plan"]
+        if plan.up_to_date:
+            return {**data, "runner": None, "tasks": []}
         chunk_size = config.preprocessing.chunk_size
         reuse = not config.preprocessing.overwrite and config.pipeline.resume != "restart"
 
@@ -806,6 +862,9 @@ class QualityControlStep(BaseStep):
     def execute(self, data):
         config, plan, runner = self.config, data["plan"], data["runner"]
         path = sheets_directory(config) / QC_FILE
+        self.outputs.extend([str(path), str(path.parent / FOOTPRINT_FILE)])
+        if plan.up_to_date:
+            return {**data, "books": None, "qc_status": None, "footprint": None}
 
         def run():
             books, reached = {}, np.zeros((plan.npix + 7) // 8, dtype=np.uint8)
@@ -841,7 +900,6 @@ class QualityControlStep(BaseStep):
             return books, report["status"], footprint
 
         books, status, footprint = root_then_bcast(get_comm(), run)
-        self.outputs.extend([str(path), str(path.parent / FOOTPRINT_FILE)])
         return {**data, "books": books, "qc_status": status, "footprint": footprint}
 
 
@@ -856,6 +914,9 @@ class ManifestWritingStep(BaseStep):
     def execute(self, data):
         config, comm, plan = self.config, get_comm(), data["plan"]
         path = sheets_directory(config) / MANIFEST_FILE
+        self.outputs.extend([s.path for s in plan.sheets] + [str(path)])
+        if plan.up_to_date:
+            return data
 
         def write():
             write_json_atomic(path, manifest(config, plan, data["books"], data["qc_status"], comm.size,
@@ -869,7 +930,6 @@ class ManifestWritingStep(BaseStep):
             log.info("preprocess: wrote %d sheets and %s", len(plan.sheets), path)
 
         root_then_bcast(comm, write)
-        self.outputs.extend([s.path for s in plan.sheets] + [str(path)])
         return data
 
     def validate_output(self, data) -> bool:

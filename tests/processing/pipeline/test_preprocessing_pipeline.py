@@ -2,6 +2,7 @@
 bigfile, mass conservation, headers/manifest/qc, particle route == HEALPIX route, chunk-size invariance,
 reuse/overwrite, real FastPM fixtures, bad inputs, and the mock stage's keep/replace/refuse rules."""
 import json
+import os
 import shutil
 
 import bigfile
@@ -167,11 +168,22 @@ def test_existing_sheets_reused_overwrite_and_changed_cosmology_recompute(usmesh
     run(usmesh, tmp_path)
     files = sheet_files(tmp_path)
     before = {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in files}
+    directory = tmp_path / "mass_sheets"
+    records = {name: (directory / name).stat().st_mtime_ns for name in ("qc.json", "manifest.json", "footprint.fits")}
+    # a complete stage (manifest, config, usmesh and files unchanged) is skipped: no task, nothing rewritten
     again = run(usmesh, tmp_path)
-    assert {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in files} == before  # reused, not rewritten
-    qc = json.loads((tmp_path / "mass_sheets" / "qc.json").read_text())
-    assert all(s["reused"] for s in qc["sheets"]) and qc["checks"]["conservation"]
-    assert again.tasks_done == len(files)
+    assert (again.tasks_done, again.tasks_skipped) == (0, 0)
+    assert {name: (directory / name).stat().st_mtime_ns for name in records} == records
+    assert {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in files} == before
+    # without the manifest (a kill after the last sheet), or with a sheet touched since, the sheets are
+    # checked one by one and reused, not rewritten
+    for change in (lambda: (directory / "manifest.json").unlink(), lambda: os.utime(files[0])):
+        change()
+        again = run(usmesh, tmp_path)
+        assert again.tasks_done == len(files)
+        assert {f: f.read_bytes() for f in files} == {f: content for f, (_, content) in before.items()}
+        qc = json.loads((directory / "qc.json").read_text())
+        assert all(s["reused"] for s in qc["sheets"]) and qc["checks"]["conservation"]
     run(usmesh, tmp_path, overwrite=True)
     assert all(f.stat().st_mtime_ns > before[f][0] and f.read_bytes() == before[f][1] for f in files)
     config = make_config(usmesh, tmp_path)
