@@ -154,6 +154,10 @@ SECTIONS: Dict[str, Dict[str, Tuple[Any, Callable, str]]] = {
                               "sample RSS and CPU per rank (psutil) during tasks"),
         "parallel_io": (True, _bool,
                         "write results with parallel HDF5 when h5py supports MPI"),
+        "node_shared_maps": (True, _bool,
+                             "analysis: hold the full-sky map being analysed once per node in MPI-3 shared memory "
+                             "(read by one rank per node) instead of once per rank; false: every rank reads its "
+                             "own copy (8 B x 12 nside^2 each, 6 GiB at nside 8192)"),
         "wall_time_budget_s": (None, _optional(_number(lo=0, lo_open=True)),
                                "stop at a task boundary, checkpoint and exit 75 before this many seconds [s]"),
         "resume": ("resume", _choice("resume", "restart", "refuse"),

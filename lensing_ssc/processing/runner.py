@@ -8,10 +8,11 @@ every rank whether to exit with code 75.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -66,8 +67,14 @@ class StageRunner:
         self.started = started if started is not None else self.comm.bcast(time.time())
 
     def run(self, tasks: Sequence[Task], process_task: Callable[[Task], Mapping[str, np.ndarray]],
-            input_identity: Mapping[str, Any]) -> StageReport:
-        """Process every task not yet checkpointed (collective). Raises CheckpointedExit on a stop."""
+            input_identity: Mapping[str, Any],
+            around_tasks: Optional[Callable[[Sequence[Task]], ContextManager]] = None) -> StageReport:
+        """Process every task not yet checkpointed (collective). Raises CheckpointedExit on a stop.
+
+        ``around_tasks(mine)``, if given, is entered on every rank with the rank's own tasks (possibly
+        none) after the split and left after the stop agreement: the place for collective set-up the
+        tasks share, such as a node-shared input map.
+        """
         config = self.config
 
         def plan():
@@ -91,7 +98,8 @@ class StageRunner:
         began = time.monotonic()
         longest_task_s = 0.0
         with ResourceMonitor(enabled=config.memory_monitoring) as monitor, \
-                StopConditions(agreement, config.wall_time_budget_s, self.started) as conditions:
+                StopConditions(agreement, config.wall_time_budget_s, self.started) as conditions, \
+                (around_tasks(mine) if around_tasks else contextlib.nullcontext()):
             for task in mine:
                 if conditions.should_stop(longest_task_s):
                     break

@@ -6,14 +6,18 @@ The seed's step names are kept: ``DataLoadingStep`` (kappa map loading), ``Valid
 statistics of every patch, checkpointed per batch of ``batch_size`` patches). Each step passes a dict
 to the next.
 
-Memory model: each rank reads the full-sky map it is working on (NEST -> RING once) and keeps one
-map at a time; its tasks are contiguous, so a rank reads each map at most once per run. We chose
-this over a per-node shared copy because it needs no MPI-3 shared-memory windows and the read is
-cheap next to the patch statistics; its price is one float64 map per rank (0.4 GiB at nside 2048,
-1.5 GiB at nside 4096). At nside 8192 (6 GiB) a per-node shared window is needed (DESIGN.md §5).
+Memory model (DESIGN.md §5): the patches are cut from the full-sky map in RING order (float64, one
+NEST -> RING conversion per read), one map in memory at a time. With ``pipeline.node_shared_maps``
+(default) the map is held once per node: before a map's tasks, one rank per node reads it into an MPI-3
+shared-memory window that the node's ranks read (parallel/shared.py), and frees it after them; nodes
+whose ranks have no task left for the map skip the read. Otherwise every rank with tasks reads its own
+copy on first use: one float64 map per rank (0.4 GiB at nside 2048, 1.5 GiB at 4096, 6 GiB at 8192).
+Either way the reading rank briefly holds the NESTED map as read as well (float32: half a map more).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -30,9 +34,10 @@ from lensing_ssc.core.errors import ConfigError, InputError
 from lensing_ssc.io.geometry_cache import GeometryCache
 from lensing_ssc.io.healpix_maps import read_header, read_nested_map
 from lensing_ssc.io.results import write_rows_file
-from lensing_ssc.parallel import get_comm, root_then_bcast, split_by_cost
+from lensing_ssc.parallel import get_comm, node_shared_array, root_then_bcast, split_by_cost
 from lensing_ssc.plugins import get_plugin
 from lensing_ssc.processing.checkpoint import CheckpointStore
+from lensing_ssc.processing.retry import call_with_retries
 from lensing_ssc.processing.runner import StageRunner, Task
 from lensing_ssc.processing.steps.base import BaseStep
 from lensing_ssc.processing.steps.kappa_steps import map_footprint
@@ -167,7 +172,7 @@ class ValidationStep(BaseStep):
                 raise InputError(f"kappa maps have different NSIDE values {sorted(nsides)}; expected one")
             if self.config.preprocessing.validation_level == "strict":
                 for kappa_map in data["maps"]:
-                    values, _ = read_nested_map(kappa_map.path)
+                    values, _ = read_nested_map(kappa_map.path, dtype=None)  # the file's dtype: 2.3x less memory
                     if not np.all(np.isfinite(values)):
                         raise InputError(f"{kappa_map.path}: map has {np.count_nonzero(~np.isfinite(values))} "
                                          "non-finite pixels; expected finite kappa everywhere")
@@ -274,20 +279,64 @@ def _centers(config, maps):
     return theta[inside], phi[inside]
 
 
-class _RingMapCache:
-    """The map a rank is working on, RING-ordered (one map in memory at a time)."""
+def read_ring_map_into(path: str, out: np.ndarray) -> None:
+    """Read a NESTED map file into ``out`` (shape (12 nside^2,)) in RING order: the one NEST -> RING
+    conversion (Decision 2), the gather of ``healpy.reorder`` done in slices straight into ``out``.
 
-    def __init__(self):
+    The file is read at its own dtype (float32 for the maps lensing_ssc writes) and converted exactly by
+    the gather: at nside 1024 the read then peaks at 144 MiB instead of 336 MiB as float64."""
+    nested, _ = read_nested_map(path, dtype=None)
+    if out.shape != nested.shape:
+        raise InputError(f"{path}: {nested.size} pixels, expected {out.size} (its NSIDE when the run started)")
+    nside = hp.npix2nside(nested.size)
+    step = max(nested.size // 24, 1)  # index arrays of 1/24 map, as healpy.reorder
+    for start in range(0, nested.size, step):
+        ring_pixels = np.arange(start, min(start + step, nested.size))
+        out[ring_pixels] = nested[hp.ring2nest(nside, ring_pixels)]
+
+
+class _RingMaps:
+    """The RING-ordered map the tasks of a rank read: one map in memory at a time.
+
+    Per node (``pipeline.node_shared_maps``): :meth:`held_for` loads a map collectively before its tasks,
+    into node-shared memory filled by one rank per node (only on nodes where some rank has tasks), and
+    frees it after them. Per rank: :meth:`get` reads the map on its first use by a task of this rank.
+    """
+
+    def __init__(self, config):
+        self.config = config
         self.path = None
         self.ring = None
 
-    def get(self, path: str) -> np.ndarray:
-        if path != self.path:
-            self.ring = None
-            nested, _ = read_nested_map(path)
-            self.ring = hp.reorder(nested, n2r=True)  # the one NEST -> RING conversion (Decision 2)
-            self.path = path
+    def get(self, kappa_map: KappaMapInput) -> np.ndarray:
+        if kappa_map.path != self.path:
+            self.path, self.ring = None, None  # the previous map is released before the next is read
+            ring = np.empty(hp.nside2npix(kappa_map.nside))
+            read_ring_map_into(kappa_map.path, ring)  # a task: retried by the runner
+            self.path, self.ring = kappa_map.path, ring
         return self.ring
+
+    @contextlib.contextmanager
+    def held_for(self, kappa_map: KappaMapInput, mine):
+        """Around one map's tasks (``StageRunner.run``'s ``around_tasks``; collective when node-shared)."""
+        if not self.config.pipeline.node_shared_maps:
+            yield
+            return
+        config = self.config
+        self.path, self.ring = None, None
+
+        def fill(out):
+            call_with_retries(lambda: read_ring_map_into(kappa_map.path, out), config.max_retries,
+                              config.pipeline.retry_backoff_s, what=f"reading {kappa_map.path}")
+
+        what = f"{kappa_map.path} (pipeline.node_shared_maps: false reads one copy per rank instead)"
+        with node_shared_array(get_comm(), (hp.nside2npix(kappa_map.nside),), np.float64, fill,
+                               needed=bool(mine), what=what) as held:
+            self.path, self.ring = kappa_map.path, held.array
+            try:
+                yield
+            finally:
+                self.path, self.ring = None, None  # unmapped when the block ends
 
 
 class StatisticsStep(BaseStep):
@@ -308,7 +357,7 @@ class StatisticsStep(BaseStep):
         config = self.config
         settings = settings_from_config(config)
         plugins = {name: get_plugin(name)() for name in plugin_names(config)}
-        cache = _RingMapCache()
+        ring_maps = _RingMaps(config)
         # pipeline.cache_dir: the projection geometry of each patch is computed once and reused for every
         # map, redshift and simulation of the same nside (io/geometry_cache.py); off when unset.
         geometry = GeometryCache(config.pipeline.cache_dir, compress=True)  # 9x smaller, read 1.4-2x slower
@@ -318,7 +367,7 @@ class StatisticsStep(BaseStep):
             base_seed = noise_base_seed(config.analysis.noise_seed, kappa_map.seed)
 
             def process(task: Task, kappa_map=kappa_map, base_seed=base_seed) -> Dict[str, np.ndarray]:
-                ring = cache.get(kappa_map.path)
+                ring = ring_maps.get(kappa_map)
                 rows: Dict[str, List[np.ndarray]] = {}
                 for patch_index in range(*task.payload):
                     indices = geometry.patch_pixel_indices(kappa_map.nside, data["theta"][patch_index],
@@ -340,7 +389,8 @@ class StatisticsStep(BaseStep):
             runner = StageRunner(config, map_stage(config, kappa_map))
             identity = {"map": Path(kappa_map.path).name, "bytes": kappa_map.nbytes,
                         "npatch": int(data["theta"].size)}
-            self.reports.append(runner.run(data["tasks"], process, identity))
+            self.reports.append(runner.run(data["tasks"], process, identity,
+                                           functools.partial(ring_maps.held_for, kappa_map)))
             runners.append(runner)
         return {**data, "runners": runners}
 

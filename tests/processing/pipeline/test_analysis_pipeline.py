@@ -249,6 +249,8 @@ def test_validation_step_rejects_non_finite_maps(tmp_path):
 
 @pytest.mark.mpi(min_size=2)
 def test_analysis_in_process_under_mpi_matches_serial_patch_analysis(mpi_tmp_path):
+    """With the node-shared map (the default) and, identical, with per-rank copies; also with one task,
+    where a rank has none and still takes part in loading the shared map."""
     from mpi4py import MPI
     from lensing_ssc.processing.steps.analysis_steps import noise_base_seed, settings_from_config
     from lensing_ssc.science.fibonacci import patch_centers
@@ -272,6 +274,31 @@ def test_analysis_in_process_under_mpi_matches_serial_patch_analysis(mpi_tmp_pat
     with h5py.File(result.outputs[0], "r") as handle:
         for name in ("power_spectra/ngal_1/cl", "smoothed_statistics/ngal_1/sl_60/minkowski/v2"):
             np.testing.assert_array_equal(handle[name][41], expected[name].astype(np.float32))
+    for shared, batch_size in ((False, 5), (True, 59)):
+        other = ProcessingConfig(output_dir=str(mpi_tmp_path / f"shared_{shared}"), analysis=SMALL_ANALYSIS,
+                                 data_dir=str(mpi_tmp_path / "kappa"),
+                                 pipeline={"batch_size": batch_size, "node_shared_maps": shared})
+        assert_same_datasets(result.outputs[0], AnalysisPipeline(other).execute().outputs[0])
+
+
+@pytest.mark.mpi
+def test_node_shared_map_is_read_once_per_node_and_not_for_checkpointed_tasks(mpi_tmp_path, monkeypatch):
+    from mpi4py import MPI
+    from lensing_ssc.processing.steps import analysis_steps
+
+    comm = MPI.COMM_WORLD
+    if comm.rank == 0:
+        write_gaussian_kappa(mpi_tmp_path / "kappa", nside=32)
+    comm.Barrier()
+    config = ProcessingConfig(output_dir=str(mpi_tmp_path), analysis={**SMALL_ANALYSIS, "xsize": 32},
+                              pipeline={"batch_size": 59})  # one task for the 59 patches: one rank has it
+    reads, read = [], analysis_steps.read_ring_map_into
+    monkeypatch.setattr(analysis_steps, "read_ring_map_into", lambda path, out: (reads.append(path), read(path, out)))
+    data = PatchingStep(config).execute(ValidationStep(config).execute(DataLoadingStep(config).execute(None)))
+    StatisticsStep(config).execute(data)
+    assert sum(comm.allgather(len(reads))) == 1  # the ranks of this test share one node
+    StatisticsStep(config).execute(data)  # every task is checkpointed now: no rank needs the map
+    assert sum(comm.allgather(len(reads))) == 1
 
 
 def _unlabelled_map(directory):
