@@ -419,7 +419,8 @@ def born_sum_range(sheets: Sequence[SheetInfo], weights: np.ndarray, start: int,
 
     The range is summed in blocks of ``BORN_BLOCK_PIXELS``: each block's slice of every sheet with a
     non-zero weight is read (straight from the file, :class:`MapRangeReader`) into a float64 matrix
-    (n_used_sheets, block) and kappa = weights @ deltas is one BLAS product, on one thread. The rounding
+    (n_used_sheets, block) and kappa = weights @ deltas is one BLAS product (run it with BLAS on one
+    thread per rank, as :class:`BornSumStep` does, or OpenBLAS's threads fight the other ranks). The rounding
     of a product depends on its shape and the CPU's BLAS kernel, never on where the block lies, and
     every task range is a whole number of equal blocks: so the maps are the same bytes for any number
     of ranks or tasks on one type of CPU (the sum over sheets is float64 either way). With a
@@ -430,7 +431,7 @@ def born_sum_range(sheets: Sequence[SheetInfo], weights: np.ndarray, start: int,
     used_weights = np.ascontiguousarray(weights[:, used], dtype=np.float64)
     block = min(BORN_BLOCK_PIXELS, stop - start)
     total = np.empty((weights.shape[0], stop - start))
-    with contextlib.ExitStack() as stack, threadpool_limits(limits=1, user_api="blas"):
+    with contextlib.ExitStack() as stack:
         readers = [stack.enter_context(MapRangeReader(sheets[i].layout)) for i in used]
         blocks = _sheet_blocks(readers, start, stop, block)
         if has_spare_core():
@@ -695,7 +696,8 @@ class BornSumStep(BaseStep):
             return {"kappa": kappa.astype(np.float32)}
 
         tasks = plan.tasks()
-        self.reports.append(runner.run(tasks, process, plan.input_identity()))
+        with threadpool_limits(limits=1, user_api="blas"):  # one rank per core (docs/clusters.md, Placement)
+            self.reports.append(runner.run(tasks, process, plan.input_identity()))
         return {**input_data, "runner": runner, "tasks": tasks}
 
 
