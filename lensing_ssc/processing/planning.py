@@ -7,8 +7,9 @@ Rank 0 only, no writes. Estimates are per MPI rank, in MiB, for the dominant arr
   streamed to its file block by block);
 * kappa: the stage's own estimate (``kappa_steps.estimate_memory_mb``: one pixel-range task with a
   block of every sheet; rank 0 streams the maps task by task, so it needs no full-sky map);
-* analyze: the full-sky map in float64 twice (NESTED as read, RING copy) plus ~30 float64 patch-sized
-  work arrays (noise, DCT buffers, gradients).
+* analyze: on the rank that reads the map (one per node with ``pipeline.node_shared_maps``), the RING
+  float64 map, the float32 file read and the reorder's index slices (13 B per pixel), plus ~30 float64
+  patch-sized work arrays (noise, DCT buffers, gradients); the node's other ranks need the work arrays only.
 """
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ def kappa_memory_mb(nside: int, n_sources: int, n_sheets: int) -> float:
 
 
 def analysis_memory_mb(nside: int, xsize: int) -> float:
-    return (2 * 12 * nside ** 2 * 8 + 30 * xsize ** 2 * 8) / MIB
+    # the reading rank: RING float64 map (8 B/pixel) + the float32 file read (4) + reorder index slices
+    # (~1); measured 144 MiB at nside 1024 (docs/performance.md, Node-shared map)
+    return (13 * 12 * nside ** 2 + 30 * xsize ** 2 * 8) / MIB
 
 
 def _usmesh_summary(config: ProcessingConfig):

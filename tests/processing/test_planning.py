@@ -12,7 +12,7 @@ def test_memory_estimates_scale_with_nside_as_documented():
     assert preprocess_memory_mb(8192, 0) == (12 * 8192 ** 2 * (8 + 1 / 8) + 8 * 2 ** 22) / 2 ** 20
     assert preprocess_memory_mb(1, 0) == 12 * (8 + 1 / 8 + 8) / 2 ** 20
     assert preprocess_memory_mb(8192, 10 ** 7) > preprocess_memory_mb(8192, 0) + 10 ** 7 * 50 / 2 ** 20
-    assert analysis_memory_mb(4096, 2048) > 2 * 12 * 4096 ** 2 * 8 / 2 ** 20
+    assert analysis_memory_mb(4096, 2048) == (12 * 4096 ** 2 * 13 + 30 * 2048 ** 2 * 8) / 2 ** 20
     # kappa per rank is one task, also on rank 0 that streams the maps task by task (no full-sky map):
     # a task holds a block of 2^14 pixels of every sheet, float32 + 3 float64 (prefetch) ...
     assert kappa_memory_mb(1024, 5, 10 ** 4) == 2 ** 20 * (12 * 5 + 8) / 2 ** 20 + 10 ** 4 * 2 ** 14 * 28 / 2 ** 20
