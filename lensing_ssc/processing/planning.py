@@ -100,11 +100,12 @@ def plan(config: ProcessingConfig) -> List[StagePlan]:
     if config.mock.enabled:
         exists = bool(config.data_dir) and Path(config.data_dir).exists()
         plans.append(StagePlan("mock", 1, int(exists), None, [f"writes {config.data_dir}"]))
-    plans.append(StagePlan("preprocess", n_sheets, _count(output / "mass_sheets", "delta-sheet-*.fits"),
+    sheets_on_disk = _count(output / "mass_sheets", "delta-sheet-*.fits")
+    plans.append(StagePlan("preprocess", n_sheets, sheets_on_disk,
                            preprocess_memory_mb(nside, config.chunk_size) if nside else None, [note]))
     n_sources = len(config.kappa.source_redshifts)
     plans.append(StagePlan("kappa", n_sources, _count(output / "kappa", "kappa_zs*_s*.fits"),
-                           kappa_memory_mb(nside, n_sources, n_sheets) if nside else None,
+                           kappa_memory_mb(nside, n_sources, n_sheets or sheets_on_disk) if nside else None,
                            [f"source redshifts {config.kappa.source_redshifts}"]))
     try:
         n_patches = len(config.analysis.centers or []) or patch_centers(config.analysis.patch_size_deg)[0].size

@@ -38,26 +38,40 @@ def _check_mask(mask, name: str) -> np.ndarray:
 def _all_neighbours_in(mask: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     """True for each of ``pixels`` (NESTED) whose 7 or 8 neighbours all lie in ``mask``; bool (n,)."""
     nside = hp.npix2nside(mask.size)
-    result = np.empty(pixels.size, dtype=bool)
-    for start in range(0, pixels.size, _NEIGHBOUR_BLOCK):
-        block = pixels[start:start + _NEIGHBOUR_BLOCK]
-        neighbours = hp.get_all_neighbours(nside, block, nest=True)  # (8, n), -1 where a pixel has 7
-        result[start:start + block.size] = np.all((neighbours < 0) | mask[np.maximum(neighbours, 0)], axis=0)
+    neighbours = hp.get_all_neighbours(nside, pixels, nest=True)  # (8, n), -1 where a pixel has 7
+    return np.all((neighbours < 0) | mask[np.maximum(neighbours, 0)], axis=0)
+
+
+def _pixel_blocks(mask: np.ndarray):
+    """The NESTED indices of the True pixels of ``mask``, one block of the map at a time (int64 arrays):
+    index arrays of a whole map would cost 8 B per pixel (24 GB for a half sky at nside 8192)."""
+    for start in range(0, mask.size, _NEIGHBOUR_BLOCK):
+        found = np.flatnonzero(mask[start:start + _NEIGHBOUR_BLOCK])
+        if found.size:
+            yield found + start
+
+
+def _where_all_neighbours_in(mask: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Bool map: the ``candidates`` (bool map) whose 7 or 8 neighbours all lie in ``mask``."""
+    result = np.zeros_like(mask)
+    for pixels in _pixel_blocks(candidates):
+        result[pixels[_all_neighbours_in(mask, pixels)]] = True
     return result
 
 
-def _neighbours_of(pixels: np.ndarray, nside: int) -> np.ndarray:
-    """Sorted unique NESTED neighbours of ``pixels`` (may include pixels of the set itself), int64.
+def _neighbours_of(mask: np.ndarray) -> np.ndarray:
+    """Bool map: the NESTED neighbours of the pixels of ``mask`` (may include pixels of ``mask``).
 
-    Marked in a boolean map (1 byte per pixel) rather than ``np.unique``: on a random 20 % of the
-    pixels at nside 512, numpy 2.4's hash-based unique made :func:`observed_footprint` take 14.6 s,
-    the map 1.2 s (same result).
+    Marked in a boolean map rather than collected with ``np.unique``: on a random 20 % of the pixels
+    at nside 512, numpy 2.4's hash-based unique made :func:`observed_footprint` take 14.6 s, the map
+    1.2 s (same result).
     """
-    marked = np.zeros(hp.nside2npix(nside), dtype=bool)
-    for start in range(0, pixels.size, _NEIGHBOUR_BLOCK):
-        neighbours = hp.get_all_neighbours(nside, pixels[start:start + _NEIGHBOUR_BLOCK], nest=True)
+    nside = hp.npix2nside(mask.size)
+    marked = np.zeros_like(mask)
+    for pixels in _pixel_blocks(mask):
+        neighbours = hp.get_all_neighbours(nside, pixels, nest=True)
         marked[neighbours[neighbours >= 0]] = True
-    return np.flatnonzero(marked)
+    return marked
 
 
 def observed_footprint(reached) -> tuple[np.ndarray, int]:
@@ -65,31 +79,31 @@ def observed_footprint(reached) -> tuple[np.ndarray, int]:
 
     ``reached``: bool NESTED map (12 nside^2,), True where any slice holds mass. Returns
     ``(observed, holes_filled)``: a bool NESTED map of the same shape, and the number of isolated
-    unreached pixels counted as reached. Work and memory scale with the smaller of the reached and
-    unreached sets (a full sky costs nothing).
+    unreached pixels counted as reached. Neighbour look-ups run over the smaller of the reached and
+    unreached sets, in blocks of the map (a full sky costs nothing); memory: a few bool maps (~5 B
+    per pixel) and 2^20-pixel blocks.
     """
     reached = _check_mask(reached, "reached")
-    nside = hp.npix2nside(reached.size)
-    unreached = np.flatnonzero(~reached)
-    if unreached.size == 0:
+    n_reached = int(np.count_nonzero(reached))
+    if n_reached == reached.size:
         return reached.copy(), 0
     # A hole has only reached neighbours, so it is itself a neighbour of a reached pixel.
-    if unreached.size <= reached.size - unreached.size:
-        candidates = unreached
+    if reached.size - n_reached <= n_reached:
+        candidates = ~reached
     else:
-        candidates = _neighbours_of(np.flatnonzero(reached), nside)
-        candidates = candidates[~reached[candidates]]
-    holes = candidates[_all_neighbours_in(reached, candidates)]
-    filled = reached.copy()
-    filled[holes] = True
-    inside = np.flatnonzero(filled)
-    if inside.size <= filled.size - inside.size:
-        observed = np.zeros_like(filled)
-        observed[inside[_all_neighbours_in(filled, inside)]] = True
+        candidates = _neighbours_of(reached)
+        candidates &= ~reached
+    holes = _where_all_neighbours_in(reached, candidates)
+    del candidates
+    holes_filled = int(np.count_nonzero(holes))
+    filled = reached | holes
+    del holes
+    n_inside = int(np.count_nonzero(filled))
+    if n_inside <= filled.size - n_inside:
+        observed = _where_all_neighbours_in(filled, filled)
     else:
-        observed = filled.copy()
-        observed[_neighbours_of(np.flatnonzero(~filled), nside)] = False
-    return observed, int(holes.size)
+        observed = filled & ~_neighbours_of(~filled)
+    return observed, holes_filled
 
 
 def polygon_inside_footprint(observed, vertices) -> bool:
