@@ -41,6 +41,7 @@ Sheets depend only on the usmesh rows of their slice: identical bytes for any ra
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -423,6 +424,13 @@ def add_chunk(totals: np.ndarray, ipix: np.ndarray, weights: Optional[np.ndarray
                                           minlength=stop - start)
 
 
+@functools.lru_cache(maxsize=16)
+def _pixel_mass(chi_far: float, chi_near: float, npix: int, rhobar: float) -> float:
+    """Mean mass of one pixel of the shell, V_pix rhobar [1e10 Msun/h]: computed once per sheet, not per
+    block (it was 0.39 s of a 7.7 s run at nside 1024, 40 sheets)."""
+    return float(pixel_volume(chi_far, chi_near, npix) * rhobar)
+
+
 def overdensity_float32(mass: np.ndarray, chi_far: float, chi_near: float, rhobar: float, start: int = 0,
                         stop: Optional[int] = None) -> np.ndarray:
     """float32 delta = M / (V_pix rhobar) - 1 of pixels ``[start, stop)`` (default: all) of a (npix,) float64
@@ -432,7 +440,7 @@ def overdensity_float32(mass: np.ndarray, chi_far: float, chi_near: float, rhoba
     in cache-sized pixel blocks through one scratch buffer: no second float64 map at the peak, and ~4x
     faster than whole-map temporaries. chi [Mpc/h], rhobar [1e10 Msun/h / (Mpc/h)^3].
     """
-    expected = pixel_volume(chi_far, chi_near, mass.size) * rhobar
+    expected = _pixel_mass(chi_far, chi_near, mass.size, rhobar)
     stop = mass.size if stop is None else min(stop, mass.size)
     out = np.empty(stop - start, dtype=np.float32)
     scratch = np.empty(min(_OVERDENSITY_BLOCK, out.size))
