@@ -207,3 +207,15 @@ def test_replication_flags_geometry():
         replication_flags(theta, phi, SIZE, 625.0, -1.0)
     with pytest.raises(ValueError, match="theta and phi"):
         replication_flags(theta, phi[:2], SIZE, 625.0, 2000.0)
+
+
+@pytest.mark.parametrize("xsize", [16, 17, 101, 256, 1024, 2048])
+def test_crop_only_rotation_has_the_bits_of_rotating_the_whole_image(xsize):
+    """project_patch evaluates only the crop of the 45-deg rotation: same bits as the original route."""
+    image_size = gnomonic_image_size(xsize)
+    ring_map = np.random.default_rng(xsize).standard_normal(12 * 16**2)
+    indices = np.random.default_rng(0).integers(0, ring_map.size, (image_size, image_size))
+    rotated = ndimage.rotate(ring_map[indices], 45, reshape=False)
+    start = image_size // 2 - xsize // 2
+    expected = rotated[start:start + xsize, start:start + xsize].astype(np.float32)
+    assert project_patch(ring_map, indices, xsize).tobytes() == expected.tobytes()
