@@ -95,6 +95,13 @@ def datasets(path):
     return found
 
 
+def same_results(path, other_path):
+    """(number of datasets in ``other_path``, whether the two results files hold identical datasets)."""
+    first, second = datasets(path), datasets(other_path)
+    return len(second), sorted(first) == sorted(second) and all(
+        np.array_equal(first[name], second[name]) for name in first)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nside", type=int, default=512, help="HEALPix nside of the kappa map (default 512)")
@@ -157,12 +164,9 @@ def main():
             met = one["command"] / best[2]["command"] >= TARGET_SPEEDUP
             print(f"    target >= {TARGET_SPEEDUP}x on 2 ranks (whole command): {'met' if met else 'NOT met'}")
 
-        reference = datasets(results[rank_counts[0]])
         for nranks in rank_counts[1:]:
-            other = datasets(results[nranks])
-            same = sorted(reference) == sorted(other) and all(
-                np.array_equal(reference[name], other[name]) for name in reference)
-            print(f"results on {nranks} rank(s): {len(other)} datasets, identical to {rank_counts[0]} rank(s): {same}")
+            count, same = same_results(results[rank_counts[0]], results[nranks])
+            print(f"results on {nranks} rank(s): {count} datasets, identical to {rank_counts[0]} rank(s): {same}")
             if not same:
                 raise SystemExit("MISMATCH: the results depend on the rank count")
     finally:

@@ -41,7 +41,7 @@ import yaml
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS.parent / "tests"))
-from bench_analysis_ranks import datasets, run_stage  # noqa: E402  (same directory)
+from bench_analysis_ranks import run_stage, same_results  # noqa: E402  (same directory)
 from conftest import write_gaussian_kappa  # noqa: E402
 
 from lensing_ssc.science.fibonacci import patch_centers  # noqa: E402
@@ -162,9 +162,8 @@ def main():
             print(f"    {label:<20} {shared[key]:7.0f} MiB / {copies[key]:7.0f} MiB = {shared[key] / copies[key]:.2f} "
                   f"(saved {copies[key] - shared[key]:.0f} MiB = {(copies[key] - shared[key]) / map_mib:.2f} maps)")
 
-        a, b = datasets(results["shared"]), datasets(results["per-rank"])
-        same = sorted(a) == sorted(b) and all(np.array_equal(a[name], b[name]) for name in a)
-        print(f"results files of the two modes: {len(a)} datasets, identical: {same}")
+        count, same = same_results(results["shared"], results["per-rank"])
+        print(f"results files of the two modes: {count} datasets, identical: {same}")
         if not same:
             raise SystemExit("MISMATCH: the node-shared map changes the results")
     finally:
