@@ -17,7 +17,7 @@ from lensing_ssc import __version__
 from lensing_ssc.core.config import ProcessingConfig
 from lensing_ssc.core.errors import (EXIT_BAD_INPUT, EXIT_CHECKPOINTED, EXIT_OK, InputError, LensingSSCError,
                                      exit_code_for)
-from lensing_ssc.parallel import abort_on_exception, get_comm, root_then_bcast
+from lensing_ssc.parallel import abort_on_exception, get_comm, is_collective, root_then_bcast
 from lensing_ssc.processing.interrupts import install_process_handlers, pending_stop
 
 log = logging.getLogger("lensing_ssc")
@@ -221,8 +221,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return exc.exit_code
     except Exception as exc:  # one line for the user; the traceback at debug level
         log.debug("traceback", exc_info=True)
-        print(f"lensing-ssc: error: {type(exc).__name__}: {exc} (rerun with --log-level DEBUG for the "
-              "traceback)", file=sys.stderr)
+        if comm.is_root or not is_collective(exc):  # an error all ranks share is printed once
+            print(f"lensing-ssc: error: {type(exc).__name__}: {exc} (rerun with --log-level DEBUG for the "
+                  "traceback)", file=sys.stderr)
         return exit_code_for(exc)
 
 

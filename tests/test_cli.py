@@ -58,3 +58,20 @@ def test_valid_config_under_mpi_is_validated_once():
     done = run_cli(["validate", SEED_YAML], nranks=2)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("configuration is valid") == 1
+
+
+def test_an_error_every_rank_shares_is_printed_once(tmp_path):
+    """A collective error that is not a LensingSSCError (here /dev/shm too small for the node-shared map)."""
+    import yaml
+    from conftest import run_python, write_gaussian_kappa
+    write_gaussian_kappa(tmp_path / "kappa", nside=16)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path), "analysis": {
+        "xsize": 32, "centers": [[60.0, 30.0], [120.0, 200.0]], "smoothing_lengths": [10.0], "ngal": [0]}}))
+    driver = ("import sys\nfrom lensing_ssc.parallel import shared\nfrom lensing_ssc.cli import main\n"
+              "shared._shm_shortage = lambda nbytes, what: MemoryError(f'{what}: no room (test)')\n"
+              "sys.exit(main(['analyze', sys.argv[1]]))\n")
+    done = run_python(["-c", driver, config], nranks=2)
+    assert done.returncode == 3, done.stderr  # DESIGN.md §3: resources
+    assert done.stderr.count("lensing-ssc: error: MemoryError:") == 1, done.stderr
+    assert "no room (test)" in done.stderr
