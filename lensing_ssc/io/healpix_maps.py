@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import healpy as hp
 import numpy as np
@@ -165,6 +165,7 @@ _WRITE_BLOCK = 1 << 20
 # healpy write_map stores a map of more than 1024 pixels as rows of 1024 (its default fits_IDL=True).
 _HEALPY_ROW = 1024
 # Stored types whose FITS bytes are the big-endian values (not bool: a FITS logical column stores 'T'/'F').
+_FITS_CARD = 80  # bytes of one FITS header card
 _MAP_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.int16, np.int32, np.int64, np.float32, np.float64))
 
 
@@ -195,7 +196,8 @@ def _healpy_map_header(nside: int, dtype: np.dtype, cards) -> fits.Header:
 
 
 def write_nested_map_blocks(path, blocks: Iterable[np.ndarray], nside: int,
-                            header: Optional[Iterable[Tuple[str, object, str]]] = None, dtype=np.float32) -> Path:
+                            header: Optional[Iterable[Tuple[str, object, str]]] = None, dtype=np.float32,
+                            late_cards: Optional[Callable[[], Iterable[Tuple[str, object, str]]]] = None) -> Path:
     """Write a NESTED full-sky map of ``nside`` from its consecutive pixel blocks, atomically.
 
     ``blocks``: 1-D arrays of any sizes (empty ones allowed) that together hold the ``12 nside^2`` pixels
@@ -207,6 +209,11 @@ def write_nested_map_blocks(path, blocks: Iterable[np.ndarray], nside: int,
     padding to 2880-byte records. It is written as ``*.inprogress``, fsynced and renamed: blocks that do
     not add up to ``12 nside^2`` pixels (ValueError naming the file) or an error raised by ``blocks``
     leave no final file.
+
+    ``late_cards``: called once every block is written, returns cards whose values are known only then
+    (e.g. the mean of the pixels); each replaces the card of the same key in ``header`` (written with a
+    placeholder value) in the temporary file before the rename, so the file has the bytes it would
+    have had with the final values in ``header``.
     """
     path = Path(path)
     if not hp.isnsideok(nside, nest=True):
@@ -237,7 +244,35 @@ def write_nested_map_blocks(path, blocks: Iterable[np.ndarray], nside: int,
         if written != npix:
             raise ValueError(f"{path}: the pixel blocks hold {written} pixels; expected 12*nside^2 = {npix} "
                              f"for nside {nside}")
+        if late_cards is not None:
+            _replace_cards(temporary, [(key[:8].upper(), value, comment) for key, value, comment in late_cards()])
     return path
+
+
+def _replace_cards(path: Path, cards: Iterable[Tuple[str, object, str]]) -> None:
+    """Overwrite, in place, the header card of each key with ``fits.Card(key, value, comment)``.
+
+    FITS header cards are fixed 80-byte records, so a card whose new image is one record replaces the
+    old one byte for byte. Each key must occur exactly once in the file's headers (ValueError otherwise).
+    """
+    with open(path, "r+b") as handle:
+        headers, ends = b"", 0
+        while ends < 2:  # the primary header and the table header, each closed by an END card
+            record = handle.read(_FITS_CARD)
+            if len(record) < _FITS_CARD:
+                raise ValueError(f"{path}: the file ends inside its headers")
+            headers += record
+            ends += record.startswith(b"END" + b" " * 5)
+        for key, value, comment in cards:
+            image = fits.Card(key, value, comment).image.encode("ascii")
+            slots = [offset for offset in range(0, len(headers), _FITS_CARD)
+                     if headers[offset:offset + 10] == key.ljust(8).encode("ascii") + b"= "]
+            if len(image) != _FITS_CARD or len(slots) != 1:
+                raise ValueError(f"{path}: cannot replace header card {key}: found {len(slots)} card(s) with "
+                                 f"that key, and the new card takes {len(image)} bytes (expected one card of "
+                                 f"{_FITS_CARD})")
+            handle.seek(slots[0])
+            handle.write(image)
 
 
 def write_nested_map(path, values: np.ndarray, header: Optional[Iterable[Tuple[str, object, str]]] = None,

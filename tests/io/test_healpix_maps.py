@@ -148,3 +148,19 @@ def test_nside_that_disagrees_with_the_pixel_count_is_refused(tmp_path):
         hdus[1].header["NSIDE"] = 16
     with pytest.raises(InputError, match=r"m\.fits: 768 pixels, expected 12\*NSIDE\^2 = 3072 for NSIDE=16"):
         read_header_and_layout(path)
+
+
+def test_late_cards_give_the_bytes_of_the_final_header(tmp_path):
+    from lensing_ssc.io.healpix_maps import write_nested_map_blocks
+    values = np.random.default_rng(4).normal(size=12 * 8**2)
+    mean = float(values.mean())
+    cards = [("SHEET", 3, "index"), ("DMEAN", 0.0, "mean of the stored overdensity")]
+    late = write_nested_map_blocks(tmp_path / "late.fits", [values[:100], values[100:]], 8, cards,
+                                   late_cards=lambda: [("DMEAN", mean, "mean of the stored overdensity")])
+    reference = tmp_path / "reference.fits"
+    hp.write_map(str(reference), values, nest=True, dtype=np.float32,
+                 extra_header=[("SHEET", 3, "index"), ("DMEAN", mean, "mean of the stored overdensity")])
+    assert late.read_bytes() == reference.read_bytes()
+    with pytest.raises(ValueError, match=r"cannot replace header card NOPE: found 0 card"):
+        write_nested_map_blocks(tmp_path / "bad.fits", [values], 8, cards, late_cards=lambda: [("NOPE", 1.0, "")])
+    assert not (tmp_path / "bad.fits").exists()

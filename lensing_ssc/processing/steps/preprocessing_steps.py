@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -459,29 +460,42 @@ def overdensity_blocks(mass: np.ndarray, chi_far: float, chi_near: float, rhobar
         yield overdensity_float32(mass, chi_far, chi_near, rhobar, start, start + _OVERDENSITY_BLOCK)
 
 
-def float64_mean(blocks: Iterable[np.ndarray], count: int) -> float:
-    """``np.mean(x, dtype=np.float64)`` of a float32 array ``x`` of ``count`` values given as consecutive
-    blocks, with the same bits: each group of ``_NUMPY_SUM_GROUP`` values is summed pairwise in float64
-    and the group sums are added in order, as numpy's buffered reduction does. Every block but the last
-    must hold a multiple of ``_NUMPY_SUM_GROUP`` values (ValueError otherwise). The value depends only on
-    ``x``, not on how it was produced (rank count, chunking).
+class Float64Mean:
+    """``np.mean(x, dtype=np.float64)`` of a float32 array ``x`` given block by block, with the same bits:
+    each group of ``_NUMPY_SUM_GROUP`` values is summed pairwise in float64 and the group sums are added
+    in order, as numpy's buffered reduction does. Every block but the last must hold a multiple of
+    ``_NUMPY_SUM_GROUP`` values (ValueError otherwise). The value depends only on ``x``, not on how it
+    was produced (rank count, chunking). ``total`` is the running float64 sum.
     """
-    total, seen, ragged = 0.0, 0, False
-    for block in blocks:
-        if block.size and ragged:
-            raise ValueError(f"float64_mean: the blocks before this one hold {seen} values, not a multiple of "
-                             f"{_NUMPY_SUM_GROUP}; only the last block may end off a group")
+
+    def __init__(self):
+        self.total, self.seen, self._ragged = 0.0, 0, False
+
+    def add(self, block: np.ndarray) -> None:
+        if block.size and self._ragged:
+            raise ValueError(f"float64_mean: the blocks before this one hold {self.seen} values, not a multiple "
+                             f"of {_NUMPY_SUM_GROUP}; only the last block may end off a group")
         values = block.astype(np.float64)
         whole = values.size - values.size % _NUMPY_SUM_GROUP
         for group_sum in values[:whole].reshape(-1, _NUMPY_SUM_GROUP).sum(axis=1):
-            total += group_sum
+            self.total += group_sum
         if whole < values.size:
-            total += values[whole:].sum()
-            ragged = True
-        seen += values.size
-    if seen != count:
-        raise ValueError(f"float64_mean: the blocks hold {seen} values; expected {count}")
-    return float(total / count)
+            self.total += values[whole:].sum()
+            self._ragged = True
+        self.seen += values.size
+
+    def value(self, count: int) -> float:
+        if self.seen != count:
+            raise ValueError(f"float64_mean: the blocks hold {self.seen} values; expected {count}")
+        return float(self.total / count)
+
+
+def float64_mean(blocks: Iterable[np.ndarray], count: int) -> float:
+    """:class:`Float64Mean` of the consecutive ``blocks`` of ``count`` values."""
+    mean = Float64Mean()
+    for block in blocks:
+        mean.add(block)
+    return mean.value(count)
 
 
 def reached_bits(mass: np.ndarray) -> np.ndarray:
@@ -564,20 +578,31 @@ def make_sheet(plan: PreprocessingPlan, catalog: UsmeshCatalog, sheet: SheetPlan
         raise InputError(str(exc)) from None
     regions = coarse_region_mass(mass)
     reached = reached_bits(mass)
+    mean = Float64Mean()
+
+    def refuse(bad: int):
+        return InputError(f"{plan.usmesh}: sheet {sheet.index} has {bad} non-finite pixels (non-finite Mass in "
+                          "the usmesh rows?); refusing to write it")
+
+    if not math.isfinite(float(regions.sum())):  # before its MASS card, which FITS cannot hold
+        raise refuse(int(np.count_nonzero(~np.isfinite(mass))))
 
     def delta_blocks():
-        return overdensity_blocks(mass, sheet.chi_far, sheet.chi_near, plan.rhobar)
+        produced = overdensity_blocks(mass, sheet.chi_far, sheet.chi_near, plan.rhobar)
+        for block in produced:
+            mean.add(block)
+            if not math.isfinite(mean.total):  # float32 overflow of a finite mass: count them all
+                raise refuse(sum(int(np.count_nonzero(~np.isfinite(b))) for b in itertools.chain([block], produced)))
+            yield block
 
-    # The header (DMEAN) precedes the pixels in the file: a first pass over the blocks gives the mean, a
-    # second one is written. Recomputing the blocks is cheaper than holding the float32 sheet (4 B x npix).
-    mean_delta = float64_mean(delta_blocks(), mass.size)
-    if not math.isfinite(mean_delta):
-        bad = sum(int(np.count_nonzero(~np.isfinite(block))) for block in delta_blocks())
-        raise InputError(f"{plan.usmesh}: sheet {sheet.index} has {bad} non-finite pixels (non-finite Mass in "
-                         "the usmesh rows?); refusing to write it")
-    book = _bookkeeping(float(regions.sum()), row_mass, rows, mean_delta, bool(np.all(regions > 0)), reached)
-    write_nested_map_blocks(sheet.path, delta_blocks(), plan.nside, plan.header_cards(sheet, book),
-                            dtype=np.float32)
+    # One pass: the blocks are written as they are made, and DMEAN, whose card precedes the pixels, is
+    # filled in once they are all written (an error mid-way leaves no sheet file).
+    book = _bookkeeping(float(regions.sum()), row_mass, rows, 0.0, bool(np.all(regions > 0)), reached)
+    cards = plan.header_cards(sheet, book)
+    write_nested_map_blocks(sheet.path, delta_blocks(), plan.nside, cards, dtype=np.float32,
+                            late_cards=lambda: [(key, mean.value(mass.size), comment)
+                                                for key, _, comment in cards if key == "DMEAN"])
+    book["mean_delta"] = np.float64(mean.value(mass.size))
     return book
 
 

@@ -108,3 +108,15 @@ def test_non_finite_pixel_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"usmesh: sheet 7 has 1 non-finite pixels .*refusing to write it"):
         make_sheet(plan, None, sheet, chunk_size=1000)
     assert not (tmp_path / "mass_sheets").exists() or not list((tmp_path / "mass_sheets").iterdir())
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_float32_overflow_found_mid_write_leaves_no_file(tmp_path, monkeypatch):
+    """A finite mass whose overdensity overflows float32 is only seen while the sheet is streamed."""
+    plan, sheet = make_plan(tmp_path, 128)
+    mass = np.ones(plan.npix)
+    mass[2 * BLOCK + 17] = 1e300  # finite in float64, inf as float32 delta, in the last block
+    monkeypatch.setattr(preprocessing_steps, "accumulate_sheet_mass", lambda *args: (mass, 10, 1.0))
+    with pytest.raises(InputError, match=r"usmesh: sheet 7 has 1 non-finite pixels .*refusing to write it"):
+        make_sheet(plan, None, sheet, chunk_size=1000)
+    assert not (tmp_path / "mass_sheets").exists() or not list((tmp_path / "mass_sheets").iterdir())
