@@ -9,6 +9,7 @@ Maps are written block by block (:func:`write_nested_map_blocks`) in the bytes o
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,6 +216,19 @@ def write_nested_map_blocks(path, blocks: Iterable[np.ndarray], nside: int,
     placeholder value) in the temporary file before the rename, so the file has the bytes it would
     have had with the final values in ``header``.
     """
+    with nested_map_writer(path, nside, header, dtype, late_cards) as write:
+        for block in blocks:
+            write(block)
+            del block  # not alive while the next block is made
+    return Path(path)
+
+
+@contextlib.contextmanager
+def nested_map_writer(path, nside: int, header: Optional[Iterable[Tuple[str, object, str]]] = None,
+                      dtype=np.float32, late_cards: Optional[Callable[[], Iterable[Tuple[str, object, str]]]] = None):
+    """:func:`write_nested_map_blocks` driven from outside: yields ``write(block)``, to be called with the
+    consecutive pixel blocks; the file is complete and renamed when the ``with`` block ends (several maps
+    can be written side by side, each from its share of the same inputs)."""
     path = Path(path)
     if not hp.isnsideok(nside, nest=True):
         raise ValueError(f"{path}: nside {nside} is not a power of 2, as a NESTED map needs")
@@ -230,7 +244,9 @@ def write_nested_map_blocks(path, blocks: Iterable[np.ndarray], nside: int,
         # astropy writes healpy's default primary HDU, the header, and the zero padding once the header's
         # NAXIS1 x NAXIS2 bytes are in; it only takes bytes (a uint8 array) for a table.
         with fits.StreamingHDU(str(temporary), table_header) as stream:
-            for block in blocks:
+
+            def write(block) -> None:
+                nonlocal written
                 block = np.asarray(block)
                 if block.ndim != 1:
                     raise ValueError(f"{path}: pixel block of shape {block.shape}; expected 1-D blocks")
@@ -240,13 +256,13 @@ def write_nested_map_blocks(path, blocks: Iterable[np.ndarray], nside: int,
                 if block.size:
                     stream.write(np.ascontiguousarray(block.astype(stored, copy=False)).view(np.uint8))
                     written += block.size
-                del block  # not alive while the next block is made
+
+            yield write
         if written != npix:
             raise ValueError(f"{path}: the pixel blocks hold {written} pixels; expected 12*nside^2 = {npix} "
                              f"for nside {nside}")
         if late_cards is not None:
             _replace_cards(temporary, [(key[:8].upper(), value, comment) for key, value, comment in late_cards()])
-    return path
 
 
 def _replace_cards(path: Path, cards: Iterable[Tuple[str, object, str]]) -> None:

@@ -4,7 +4,8 @@
                          of all (source, sheet) pairs, the seed and the output names; broadcasts a KappaPlan
     BornSumStep          tasks = fixed NESTED pixel ranges; a task reads its range of every weighted
                          sheet once and accumulates all source redshifts in the same pass
-    WriteKappaMapsStep   rank 0 streams each map from the task checkpoints into its file, atomically
+    WriteKappaMapsStep   rank 0 streams the maps side by side from the task checkpoints (each read
+                         once) into their files, atomically
     KappaValidationStep  optional: measured C_ell of each map (masked to the footprint) against a Limber
                          prediction
 
@@ -42,8 +43,8 @@ from lensing_ssc import __version__
 from lensing_ssc.core.cosmology import check_against_header, make_cosmology
 from lensing_ssc.core.errors import ConfigError, InputError
 from lensing_ssc.io.atomic import atomic_output, ensure_free_disk, write_json_atomic
-from lensing_ssc.io.healpix_maps import (MapLayout, MapRangeReader, read_header, read_header_and_layout,
-                                        read_nested_map, read_nested_range, write_nested_map_blocks)
+from lensing_ssc.io.healpix_maps import (MapLayout, MapRangeReader, nested_map_writer, read_header,
+                                        read_header_and_layout, read_nested_map, read_nested_range)
 from lensing_ssc.io.prefetch import has_spare_core, prefetched
 from lensing_ssc.io.usmesh import UsmeshCatalog, UsmeshError
 from lensing_ssc.parallel import root_then_bcast
@@ -702,8 +703,9 @@ class BornSumStep(BaseStep):
 
 
 class WriteKappaMapsStep(BaseStep):
-    """Rank 0 streams each map from the task checkpoints into its file (task by task, in pixel order: the
-    map is never whole in memory), then drops the checkpoints."""
+    """Rank 0 streams the maps side by side from the task checkpoints into their files (task by task, in
+    pixel order: each checkpoint is read once and no map is ever whole in memory), then drops the
+    checkpoints."""
 
     retryable = False
 
@@ -720,11 +722,14 @@ class WriteKappaMapsStep(BaseStep):
                 elif copy.is_file():  # left by an earlier partial-sky run: these maps are full sky
                     copy.unlink()
                 tasks = sorted(input_data["tasks"], key=lambda task: task.payload[0])  # consecutive ranges
-                for k, path in enumerate(plan.outputs):
-                    ranges = (runner.load(task)["kappa"][k] for task in tasks)
-                    write_nested_map_blocks(path, ranges, plan.nside, plan.header_cards(k, self.config),
-                                            dtype=np.float32)
-                    log.info("kappa: wrote %s", path)
+                with contextlib.ExitStack() as stack:  # all maps side by side: each checkpoint is read once
+                    writes = [stack.enter_context(nested_map_writer(
+                        path, plan.nside, plan.header_cards(k, self.config), dtype=np.float32))
+                        for k, path in enumerate(plan.outputs)]
+                    for task in tasks:
+                        for write, kappa in zip(writes, runner.load(task)["kappa"]):
+                            write(kappa)
+                log.info("kappa: wrote %s", ", ".join(plan.outputs))
                 runner.store.clear()  # every map is complete: the partial sums are no longer needed
 
             root_then_bcast(runner.comm, write_all)
