@@ -120,6 +120,9 @@ def test_ranges_read_by_pread_equal_astropy_reads(tmp_path, dtype):
             np.testing.assert_array_equal(out, read_nested_range(path, start, stop))
         with pytest.raises(ValueError, match="outside the map"):
             reader.read_into(10, layout.npix + 1, np.empty(layout.npix - 9))
+    for start, stop in [(10, 5), (0, layout.npix + 1)]:
+        with pytest.raises(ValueError, match="outside the map"):
+            read_nested_range(path, start, stop)
 
 
 def test_truncated_map_is_named_when_its_range_is_read(tmp_path):
