@@ -100,7 +100,7 @@ BYTES_PER_CHUNK_ROW = 50 + 32 + 26  # + one prefetched chunk (ID and mass) in fl
 # light-cone events, or particles, which come in no pixel order).
 _BIN_SPAN = 1 << 22
 # np.mean(x, dtype=np.float64) of a float32 array converts it in buffers of np.getbufsize() = 8192 values,
-# sums each buffer pairwise and adds the buffer sums in order: float64_mean sums in the same groups.
+# sums each buffer pairwise and adds the buffer sums in order: Float64Mean sums in the same groups.
 _NUMPY_SUM_GROUP = 8192
 # Pixels per block when converting the float64 mass map to the float32 overdensity: a multiple of
 # _NUMPY_SUM_GROUP (the mean of the sheet is summed block by block) and of 8 (the reached bits).
@@ -473,7 +473,7 @@ class Float64Mean:
 
     def add(self, block: np.ndarray) -> None:
         if block.size and self._ragged:
-            raise ValueError(f"float64_mean: the blocks before this one hold {self.seen} values, not a multiple "
+            raise ValueError(f"Float64Mean: the blocks before this one hold {self.seen} values, not a multiple "
                              f"of {_NUMPY_SUM_GROUP}; only the last block may end off a group")
         values = block.astype(np.float64)
         whole = values.size - values.size % _NUMPY_SUM_GROUP
@@ -486,16 +486,8 @@ class Float64Mean:
 
     def value(self, count: int) -> float:
         if self.seen != count:
-            raise ValueError(f"float64_mean: the blocks hold {self.seen} values; expected {count}")
+            raise ValueError(f"Float64Mean: the blocks hold {self.seen} values; expected {count}")
         return float(self.total / count)
-
-
-def float64_mean(blocks: Iterable[np.ndarray], count: int) -> float:
-    """:class:`Float64Mean` of the consecutive ``blocks`` of ``count`` values."""
-    mean = Float64Mean()
-    for block in blocks:
-        mean.add(block)
-    return mean.value(count)
 
 
 def reached_bits(mass: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 
 from lensing_ssc.core.errors import InputError
 from lensing_ssc.processing.steps import preprocessing_steps
-from lensing_ssc.processing.steps.preprocessing_steps import (PreprocessingPlan, SheetPlan, add_chunk, float64_mean,
+from lensing_ssc.processing.steps.preprocessing_steps import (Float64Mean, PreprocessingPlan, SheetPlan, add_chunk,
                                                               make_sheet, overdensity_blocks, overdensity_float32,
                                                               reached_bits)
 
@@ -15,6 +15,13 @@ BLOCK = preprocessing_steps._OVERDENSITY_BLOCK
 
 def blocks_of(values, size=BLOCK):
     return (values[start:start + size] for start in range(0, values.size, size))
+
+
+def float64_mean(blocks, count):
+    mean = Float64Mean()
+    for block in blocks:
+        mean.add(block)
+    return mean.value(count)
 
 
 def wide_range_float32(size, seed=0):
