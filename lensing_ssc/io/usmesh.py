@@ -377,6 +377,46 @@ class UsmeshCatalog:
             if np.any(keep):
                 yield self._pixels_and_masses(rows, keep)
 
+    def sorted_id_runs(self, i, chunk_size, margin=0, max_runs=8):
+        """HEALPIX rows around slice i cut into runs of non-decreasing ID: a list of (start, stop) row ranges
+        covering :meth:`slice_row_range` (i, margin) in order, or None when there are more than ``max_runs``
+        (rows in no ID order). FastPM writes each light-cone event's rows sorted by ID, so a slice holds
+        one run per event it straddles. Reads the ID column once, ``chunk_size`` rows at a time."""
+        if self.dataset != HEALPIX_DATASET:
+            raise ValueError("sorted_id_runs: only the HEALPIX dataset has rows sorted by ID")
+        start, stop = self.slice_row_range(i, margin)
+        self._check_range_boundaries(i, start, stop)
+        column = self._column("ID")
+        run_starts, previous = [start], None
+        for chunk_start in range(start, stop, int(chunk_size)):
+            ids = column[chunk_start:min(stop, chunk_start + int(chunk_size))]
+            if previous is not None and ids[0] < previous:
+                run_starts.append(chunk_start)
+            run_starts.extend((np.flatnonzero(ids[1:] < ids[:-1]) + 1 + chunk_start).tolist())
+            if len(run_starts) > max_runs:
+                return None
+            previous = ids[-1]
+        bounds = run_starts + [stop]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def iter_run_pixels(self, i, run, chunk_size):
+        """Yield (ipix_nest int64 (n,), mass float32 (n,) [1e10 Msun/h]) of the rows of slice i in one run
+        (start, stop) of :meth:`sorted_id_runs`, at most ``chunk_size`` rows read at a time; the pixels
+        never decrease. In a sorted run the rows of slice i are the contiguous ones with ID in
+        [i npix, (i + 1) npix): only their Mass is read, and the read stops past them."""
+        first, last = int(i) * self.npix, (int(i) + 1) * self.npix
+        ids_column, mass_column = self._column("ID"), self._column("Mass")
+        start, stop = run
+        for chunk_start in range(start, stop, int(chunk_size)):
+            ids = np.asarray(ids_column[chunk_start:min(stop, chunk_start + int(chunk_size))], dtype=np.int64)
+            low, high = np.searchsorted(ids, [first, last])
+            if high > low:
+                ipix = ids[low:high]
+                ipix -= first
+                yield ipix, mass_column[chunk_start + low:chunk_start + high]
+            if high < ids.size:  # rows of later slices: the run holds no more of slice i
+                return
+
     def _check_range_boundaries(self, i, start, stop):
         outside = [row for row in (start - 1, stop) if 0 <= row < self.nrows]
         for row in outside:

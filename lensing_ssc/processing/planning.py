@@ -38,9 +38,9 @@ class StagePlan:
         return f"{self.stage:<11} {self.done:>6}/{self.tasks:<6} done   {memory}   {'; '.join(self.notes)}"
 
 
-def preprocess_memory_mb(nside: int, chunk_size: int) -> float:
+def preprocess_memory_mb(nside: int, chunk_size: int, dataset: str = "HEALPIX") -> float:
     from lensing_ssc.processing.steps.preprocessing_steps import estimate_memory_mb
-    return estimate_memory_mb(12 * nside ** 2, chunk_size)
+    return estimate_memory_mb(12 * nside ** 2, chunk_size, dataset)
 
 
 def kappa_memory_mb(nside: int, n_sources: int, n_sheets: int) -> float:
@@ -101,8 +101,8 @@ def plan(config: ProcessingConfig) -> List[StagePlan]:
         exists = bool(config.data_dir) and Path(config.data_dir).exists()
         plans.append(StagePlan("mock", 1, int(exists), None, [f"writes {config.data_dir}"]))
     sheets_on_disk = _count(output / "mass_sheets", "delta-sheet-*.fits")
-    plans.append(StagePlan("preprocess", n_sheets, sheets_on_disk,
-                           preprocess_memory_mb(nside, config.chunk_size) if nside else None, [note]))
+    memory = preprocess_memory_mb(nside, config.chunk_size, config.preprocessing.dataset) if nside else None
+    plans.append(StagePlan("preprocess", n_sheets, sheets_on_disk, memory, [note]))
     n_sources = len(config.kappa.source_redshifts)
     plans.append(StagePlan("kappa", n_sources, _count(output / "kappa", "kappa_zs*_s*.fits"),
                            kappa_memory_mb(nside, n_sources, n_sheets or sheets_on_disk) if nside else None,

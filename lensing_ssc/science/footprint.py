@@ -22,8 +22,8 @@ import numpy as np
 
 from lensing_ssc.science.fibonacci import patch_footprint_vertices
 
-# Pixels per block in the neighbour look-ups: 8 int64 neighbours per pixel -> 64 MB per block.
-_NEIGHBOUR_BLOCK = 1 << 20
+# Pixels per block in the neighbour look-ups: 8 int64 neighbours per pixel -> 4 MiB per block.
+_NEIGHBOUR_BLOCK = 1 << 16
 
 
 def _check_mask(mask, name: str) -> np.ndarray:
@@ -35,43 +35,97 @@ def _check_mask(mask, name: str) -> np.ndarray:
     return mask
 
 
-def _all_neighbours_in(mask: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    """True for each of ``pixels`` (NESTED) whose 7 or 8 neighbours all lie in ``mask``; bool (n,)."""
-    nside = hp.npix2nside(mask.size)
-    neighbours = hp.get_all_neighbours(nside, pixels, nest=True)  # (8, n), -1 where a pixel has 7
-    return np.all((neighbours < 0) | mask[np.maximum(neighbours, 0)], axis=0)
+# The maps below are packed bits (``np.packbits`` of the bool map: uint8 (npix / 8,), pixel p is bit
+# 7 - p % 8 of byte p // 8), 1/8 B per pixel: at nside 8192 a bool map is 805 MB, its bits 101 MB.
+
+def _bits_at(bits: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """The bits of ``pixels`` (int64, any shape) as a bool array of the same shape."""
+    return (bits[pixels >> 3] >> (7 - (pixels & 7)).astype(np.uint8)) & np.uint8(1) > 0
 
 
-def _pixel_blocks(mask: np.ndarray):
-    """The NESTED indices of the True pixels of ``mask``, one block of the map at a time (int64 arrays):
-    index arrays of a whole map would cost 8 B per pixel (24 GB for a half sky at nside 8192)."""
-    for start in range(0, mask.size, _NEIGHBOUR_BLOCK):
-        found = np.flatnonzero(mask[start:start + _NEIGHBOUR_BLOCK])
+def count_bits(bits: np.ndarray) -> int:
+    """Number of set bits of a packed map."""
+    return int(np.bitwise_count(bits).sum(dtype=np.int64))
+
+
+def _bit_blocks(bits: np.ndarray, npix: int):
+    """(start, NESTED indices of the set pixels in [start, start + _NEIGHBOUR_BLOCK)) for every block."""
+    for start in range(0, npix, _NEIGHBOUR_BLOCK):
+        stop = min(npix, start + _NEIGHBOUR_BLOCK)
+        found = np.flatnonzero(np.unpackbits(bits[start // 8:(stop + 7) // 8], count=stop - start))
         if found.size:
-            yield found + start
+            yield start, found + start
 
 
-def _where_all_neighbours_in(mask: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Bool map: the ``candidates`` (bool map) whose 7 or 8 neighbours all lie in ``mask``."""
+def _where_all_neighbours_in(mask: np.ndarray, candidates: np.ndarray, npix: int) -> np.ndarray:
+    """Bits: the ``candidates`` whose 7 or 8 neighbours all lie in ``mask`` (both packed bits)."""
+    nside = hp.npix2nside(npix)
     result = np.zeros_like(mask)
-    for pixels in _pixel_blocks(candidates):
-        result[pixels[_all_neighbours_in(mask, pixels)]] = True
+    for start, pixels in _bit_blocks(candidates, npix):
+        neighbours = hp.get_all_neighbours(nside, pixels, nest=True)  # (8, n), -1 where a pixel has 7
+        keep = pixels[np.all((neighbours < 0) | _bits_at(mask, np.maximum(neighbours, 0)), axis=0)]
+        block = np.zeros(min(_NEIGHBOUR_BLOCK, npix - start), dtype=bool)
+        block[keep - start] = True
+        packed = np.packbits(block)
+        result[start // 8:start // 8 + packed.size] |= packed
     return result
 
 
-def _neighbours_of(mask: np.ndarray) -> np.ndarray:
-    """Bool map: the NESTED neighbours of the pixels of ``mask`` (may include pixels of ``mask``).
+def _neighbours_of(mask: np.ndarray, npix: int) -> np.ndarray:
+    """Bits: the NESTED neighbours of the pixels of ``mask`` (may include pixels of ``mask``).
 
-    Marked in a boolean map rather than collected with ``np.unique``: on a random 20 % of the pixels
-    at nside 512, numpy 2.4's hash-based unique made :func:`observed_footprint` take 14.6 s, the map
-    1.2 s (same result).
+    Set in a bit map rather than collected with ``np.unique``: on a random 20 % of the pixels at
+    nside 512, numpy 2.4's hash-based unique made :func:`observed_footprint` take 14.6 s, a map 1.2 s.
     """
-    nside = hp.npix2nside(mask.size)
+    nside = hp.npix2nside(npix)
     marked = np.zeros_like(mask)
-    for pixels in _pixel_blocks(mask):
-        neighbours = hp.get_all_neighbours(nside, pixels, nest=True)
-        marked[neighbours[neighbours >= 0]] = True
+    for _, pixels in _bit_blocks(mask, npix):
+        neighbours = hp.get_all_neighbours(nside, pixels, nest=True).ravel()
+        neighbours = neighbours[neighbours >= 0]
+        np.bitwise_or.at(marked, neighbours >> 3, (np.uint8(128) >> (neighbours & 7).astype(np.uint8)))
     return marked
+
+
+def observed_footprint_bits(reached: np.ndarray, npix: int) -> tuple[np.ndarray, int]:
+    """:func:`observed_footprint` on packed bits: ``reached`` uint8 (ceil(npix / 8),) as ``np.packbits``
+    of the bool NESTED map of ``npix = 12 nside^2`` pixels; returns ``(observed bits, holes_filled)``.
+
+    Neighbour look-ups run over the smaller of the reached and unreached sets, in 2^16-pixel blocks
+    (a full sky costs nothing); memory: four bit maps (1/2 B per pixel) and the blocks.
+    """
+    reached = np.asarray(reached)
+    if reached.dtype != np.uint8 or reached.shape != ((npix + 7) // 8,) or not hp.isnpixok(npix):
+        raise ValueError(f"reached must be the packed bits (uint8, shape ({(npix + 7) // 8},)) of a NESTED "
+                         f"HEALPix map of {npix} pixels, got dtype {reached.dtype} and shape {reached.shape}")
+    tail = np.packbits(np.ones(npix % 8 or 8, dtype=bool))[0]  # the bits of the last byte that are pixels
+    n_reached = count_bits(reached)
+    if n_reached == npix:
+        return reached.copy(), 0
+
+    def complement(bits):
+        flipped = ~bits
+        flipped[-1] &= tail  # no pixels beyond npix
+        return flipped
+
+    # A hole has only reached neighbours, so it is itself a neighbour of a reached pixel.
+    unreached = complement(reached)
+    if npix - n_reached <= n_reached:
+        candidates = unreached
+    else:
+        candidates = _neighbours_of(reached, npix)
+        candidates &= unreached
+    del unreached
+    holes = _where_all_neighbours_in(reached, candidates, npix)
+    del candidates
+    holes_filled = count_bits(holes)
+    filled = reached | holes
+    del holes
+    n_inside = count_bits(filled)
+    if n_inside <= npix - n_inside:
+        observed = _where_all_neighbours_in(filled, filled, npix)
+    else:
+        observed = filled & complement(_neighbours_of(complement(filled), npix))
+    return observed, holes_filled
 
 
 def observed_footprint(reached) -> tuple[np.ndarray, int]:
@@ -79,31 +133,11 @@ def observed_footprint(reached) -> tuple[np.ndarray, int]:
 
     ``reached``: bool NESTED map (12 nside^2,), True where any slice holds mass. Returns
     ``(observed, holes_filled)``: a bool NESTED map of the same shape, and the number of isolated
-    unreached pixels counted as reached. Neighbour look-ups run over the smaller of the reached and
-    unreached sets, in blocks of the map (a full sky costs nothing); memory: a few bool maps (~5 B
-    per pixel) and 2^20-pixel blocks.
+    unreached pixels counted as reached. Computed on packed bits (:func:`observed_footprint_bits`).
     """
     reached = _check_mask(reached, "reached")
-    n_reached = int(np.count_nonzero(reached))
-    if n_reached == reached.size:
-        return reached.copy(), 0
-    # A hole has only reached neighbours, so it is itself a neighbour of a reached pixel.
-    if reached.size - n_reached <= n_reached:
-        candidates = ~reached
-    else:
-        candidates = _neighbours_of(reached)
-        candidates &= ~reached
-    holes = _where_all_neighbours_in(reached, candidates)
-    del candidates
-    holes_filled = int(np.count_nonzero(holes))
-    filled = reached | holes
-    del holes
-    n_inside = int(np.count_nonzero(filled))
-    if n_inside <= filled.size - n_inside:
-        observed = _where_all_neighbours_in(filled, filled)
-    else:
-        observed = filled & ~_neighbours_of(~filled)
-    return observed, holes_filled
+    observed, holes_filled = observed_footprint_bits(np.packbits(reached), reached.size)
+    return np.unpackbits(observed, count=reached.size).astype(bool), holes_filled
 
 
 def polygon_inside_footprint(observed, vertices) -> bool:

@@ -231,3 +231,24 @@ def test_missing_block_column_and_bad_path(fullsky_copy, tmp_path):
 
 def test_usmesh_error_is_value_error():
     assert issubclass(UsmeshError, ValueError)
+
+
+def test_sorted_id_runs_split_straddling_slices_into_their_events():
+    catalog = UsmeshCatalog(FULLSKY)
+    for i in catalog.nonempty_slices():
+        runs = catalog.sorted_id_runs(i, chunk_size=700, margin=5)
+        assert runs[0][0] == catalog.slice_row_range(i, 5)[0] and runs[-1][1] == catalog.slice_row_range(i, 5)[1]
+        assert all(a[1] == b[0] for a, b in zip(runs[:-1], runs[1:]))
+        assert len(runs) == (2 if i in STRADDLING_SLICES else 1), i
+        pixels = [np.concatenate([p for p, _ in catalog.iter_run_pixels(i, run, 300)] or [np.zeros(0, int)])
+                  for run in runs]
+        assert all(np.all(np.diff(p) >= 0) for p in pixels)
+        total = np.zeros(catalog.npix)
+        for run in runs:
+            for ipix, mass in catalog.iter_run_pixels(i, run, 300):
+                assert mass.dtype == np.float32
+                total += np.bincount(ipix, weights=mass, minlength=catalog.npix)
+        np.testing.assert_array_equal(total, _slice_map(catalog, i))
+    assert catalog.sorted_id_runs(STRADDLING_SLICES[0], chunk_size=700, max_runs=1) is None
+    with pytest.raises(ValueError, match="only the HEALPIX dataset"):
+        UsmeshCatalog(CONE10, dataset="particles").sorted_id_runs(60, 100)

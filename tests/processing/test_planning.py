@@ -7,11 +7,16 @@ from lensing_ssc.processing.planning import analysis_memory_mb, kappa_memory_mb,
 
 
 def test_memory_estimates_scale_with_nside_as_documented():
-    # float64 accumulator + its reached bits + a bincount of at most 2^22 pixels, plus the row chunk (the
-    # stage's own estimate); the float32 sheet is streamed to its file block by block
-    assert preprocess_memory_mb(8192, 0) == (12 * 8192 ** 2 * (8 + 1 / 8) + 8 * 2 ** 22) / 2 ** 20
-    assert preprocess_memory_mb(1, 0) == 12 * (8 + 1 / 8 + 8) / 2 ** 20
-    assert preprocess_memory_mb(8192, 10 ** 7) > preprocess_memory_mb(8192, 0) + 10 ** 7 * 50 / 2 ** 20
+    # HEALPIX rows (sorted runs merged block by block): the reached bits (1 bit per pixel), one block of
+    # 2^18 pixels at ~32 B each, and a chunk of rows in each of two runs (28 B per row and run)
+    assert preprocess_memory_mb(8192, 0) == (12 * 8192 ** 2 / 8 + 32 * 2 ** 18) / 2 ** 20
+    assert preprocess_memory_mb(1, 0) == 12 * (1 / 8 + 32) / 2 ** 20
+    assert preprocess_memory_mb(8192, 10 ** 7) == preprocess_memory_mb(8192, 0) + 10 ** 7 * 56 / 2 ** 20
+    # particles (no pixel order): float64 accumulator + its reached bits + a bincount of at most 2^22
+    # pixels, plus the row chunk; the float32 sheet is streamed to its file block by block
+    assert preprocess_memory_mb(8192, 0, "particles") == (12 * 8192 ** 2 * (8 + 1 / 8) + 8 * 2 ** 22) / 2 ** 20
+    assert preprocess_memory_mb(8192, 10 ** 7, "particles") > (preprocess_memory_mb(8192, 0, "particles")
+                                                               + 10 ** 7 * 50 / 2 ** 20)
     assert analysis_memory_mb(4096, 2048) == (12 * 4096 ** 2 * 13 + 30 * 2048 ** 2 * 8) / 2 ** 20
     # kappa per rank is one task, also on rank 0 that streams the maps task by task (no full-sky map):
     # a task holds a block of 2^14 pixels of every sheet, float32 + 3 float64 (prefetch) ...

@@ -62,6 +62,22 @@ def test_isolated_holes_are_filled_larger_gaps_are_not():
     assert holes == 1 and observed[inside[0]]
 
 
+@pytest.mark.parametrize("missing", [[5], [5, 6]])
+def test_nside1_map_whose_last_byte_is_half_pixels(missing):
+    """12 pixels: the packed bits' last byte holds 4 pixels and 4 padding bits that are no pixels."""
+    reached = np.ones(12, dtype=bool)
+    reached[missing] = False
+    observed, holes = observed_footprint(reached)
+    if len(missing) == 1:  # an isolated hole: filled, the whole sky observed
+        assert holes == 1 and observed.all()
+    else:  # two adjacent empty pixels are no hole; everything next to them is cut off
+        neighbours = hp.get_all_neighbours(1, missing, nest=True).ravel()
+        expected = reached.copy()
+        expected[neighbours[neighbours >= 0]] = False
+        assert holes == 0
+        np.testing.assert_array_equal(observed, expected)
+
+
 def test_nothing_reached_and_bad_input():
     observed, holes = observed_footprint(np.zeros(hp.nside2npix(4), dtype=bool))
     assert not observed.any() and holes == 0

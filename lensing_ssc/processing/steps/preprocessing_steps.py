@@ -60,14 +60,15 @@ from lensing_ssc.core.cosmology import check_against_header, make_cosmology
 from lensing_ssc.core.errors import ConfigError, InputError, ValidationError
 from lensing_ssc.io.atomic import ensure_free_disk, write_json_atomic
 from lensing_ssc.io.prefetch import has_spare_core, prefetched
-from lensing_ssc.io.healpix_maps import read_header, read_nested_map, write_nested_map, write_nested_map_blocks
+from lensing_ssc.io.healpix_maps import read_header, read_nested_map, write_nested_map_blocks
 from lensing_ssc.io.usmesh import HEALPIX_DATASET, PARTICLE_DATASET, UsmeshCatalog, UsmeshError
 from lensing_ssc.parallel import get_comm, root_then_bcast
 from lensing_ssc.processing.resources import check_memory_estimate
 from lensing_ssc.processing.runner import StageRunner, Task
 from lensing_ssc.processing.steps.base import BaseStep
-from lensing_ssc.science.footprint import observed_footprint
+from lensing_ssc.science.footprint import count_bits, observed_footprint_bits
 from lensing_ssc.science.shells import mean_matter_density, pixel_volume, sheet_filename, shell_geometry
+from lensing_ssc.science.sorted_runs import merged_mass_blocks
 
 log = logging.getLogger("lensing_ssc.preprocess")
 
@@ -102,9 +103,18 @@ _BIN_SPAN = 1 << 22
 # np.mean(x, dtype=np.float64) of a float32 array converts it in buffers of np.getbufsize() = 8192 values,
 # sums each buffer pairwise and adds the buffer sums in order: Float64Mean sums in the same groups.
 _NUMPY_SUM_GROUP = 8192
-# Pixels per block when converting the float64 mass map to the float32 overdensity: a multiple of
-# _NUMPY_SUM_GROUP (the mean of the sheet is summed block by block) and of 8 (the reached bits).
+# Pixels per block of the mass map as it is binned, converted to delta and written: a multiple of
+# _NUMPY_SUM_GROUP (the mean of the sheet is summed block by block) and of 8 (the reached bits); 2 MiB of
+# float64.
+_MASS_BLOCK = 1 << 18
+# Pixels per step of the float64 -> float32 overdensity conversion (one scratch buffer, cache-sized).
 _OVERDENSITY_BLOCK = 1 << 16
+# HEALPIX rows of a slice in at most this many ID-sorted runs (FastPM: one per light-cone event holding the
+# slice, 1 or 2) are merged block by block; more runs mean rows in no order: whole-map accumulation.
+MAX_SORTED_RUNS = 8
+# Rows held per sorted run while its chunk is binned: ID (8 B), Mass (4 B), the float64 weights (8 B) and
+# the bincount offsets (8 B).
+BYTES_PER_RUN_ROW = 28
 # An existing sheet tells which pixels its slice reached (delta != -1) only while one particle per pixel
 # is resolved in float32: delta = M / E - 1 rounds to -1 when M / E < 2**-25, E the expected mass per pixel.
 MAX_PARTICLES_PER_PIXEL_EXACT = 2.0 ** 24
@@ -365,9 +375,44 @@ def choose_route(config: ProcessingConfig, plan: PreprocessingPlan) -> Dict[str,
 # ---------------------------------------------------------------------------------------------
 # One sheet.
 
+@dataclass
+class RowTally:
+    """Rows kept for a sheet and the float64 sum of their Mass [1e10 Msun/h], complete once the sheet's last
+    mass block is out."""
+
+    rows: int = 0
+    row_mass: float = 0.0
+
+
+def sheet_mass_blocks(catalog: UsmeshCatalog, index: int, chunk_size: int, tally: RowTally) -> Iterator[np.ndarray]:
+    """The float64 mass map of slice ``index`` [1e10 Msun/h] as consecutive NEST pixel blocks of
+    ``_MASS_BLOCK`` pixels (the last one shorter); ``tally`` counts the rows as they are binned.
+
+    HEALPIX rows in at most ``MAX_SORTED_RUNS`` ID-sorted runs (FastPM's layout): the runs are merged block
+    by block (:func:`lensing_ssc.science.sorted_runs.merged_mass_blocks`), so a rank holds one block and one
+    chunk of rows per run, never a full-sky map. Particles (no pixel order) and HEALPIX rows in no ID order:
+    the whole map is accumulated first (:func:`accumulate_sheet_mass`) and handed out block by block.
+    """
+    if catalog.dataset == HEALPIX_DATASET:
+        runs = catalog.sorted_id_runs(index, chunk_size, margin=SLICE_ROW_MARGIN, max_runs=MAX_SORTED_RUNS)
+        if runs is not None:
+            def counted(run):
+                for ipix, mass in catalog.iter_run_pixels(index, run, chunk_size):
+                    tally.rows += ipix.size
+                    tally.row_mass += float(mass.sum(dtype=np.float64))
+                    yield ipix, mass
+            yield from merged_mass_blocks([counted(run) for run in runs], catalog.npix, _MASS_BLOCK)
+            return
+        log.warning("preprocess: %s: the HEALPIX rows of slice %d are not in ID order (more than %d sorted runs); "
+                    "binning them into a whole float64 map (8 B per pixel)", catalog.path, index, MAX_SORTED_RUNS)
+    mass, tally.rows, tally.row_mass = accumulate_sheet_mass(catalog, index, chunk_size)
+    for start in range(0, mass.size, _MASS_BLOCK):
+        yield mass[start:start + _MASS_BLOCK]
+
+
 def accumulate_sheet_mass(catalog: UsmeshCatalog, index: int, chunk_size: int) -> Tuple[np.ndarray, int, float]:
     """Stream the rows of slice ``index`` in chunks; return (mass per NEST pixel float64 (npix,)
-    [1e10 Msun/h], rows kept, float64 sum of the rows' masses).
+    [1e10 Msun/h], rows kept, float64 sum of the rows' masses). The route for rows in no pixel order.
 
     HEALPIX rows: ``np.bincount`` of each chunk's pixels weighted by Mass, summed in float64 (duplicated
     ids, a slice split across light-cone events, add up). The first chunk's full-sky bincount becomes
@@ -432,32 +477,24 @@ def _pixel_mass(chi_far: float, chi_near: float, npix: int, rhobar: float) -> fl
     return float(pixel_volume(chi_far, chi_near, npix) * rhobar)
 
 
-def overdensity_float32(mass: np.ndarray, chi_far: float, chi_near: float, rhobar: float, start: int = 0,
-                        stop: Optional[int] = None) -> np.ndarray:
-    """float32 delta = M / (V_pix rhobar) - 1 of pixels ``[start, stop)`` (default: all) of a (npix,) float64
-    mass map [1e10 Msun/h]; shape (stop - start,).
+def overdensity_float32(mass: np.ndarray, chi_far: float, chi_near: float, rhobar: float,
+                        npix: Optional[int] = None) -> np.ndarray:
+    """float32 delta = M / (V_pix rhobar) - 1 of a float64 mass array [1e10 Msun/h]: the whole (npix,) map, or a
+    block of a map of ``npix`` pixels (default ``mass.size``); same shape as ``mass``.
 
     The same float64 operations as :func:`lensing_ssc.science.shells.overdensity` (so the same bits), done
-    in cache-sized pixel blocks through one scratch buffer: no second float64 map at the peak, and ~4x
-    faster than whole-map temporaries. chi [Mpc/h], rhobar [1e10 Msun/h / (Mpc/h)^3].
+    in cache-sized pixel steps through one scratch buffer: no second float64 array, and ~4x faster than
+    whole-array temporaries. chi [Mpc/h], rhobar [1e10 Msun/h / (Mpc/h)^3].
     """
-    expected = _pixel_mass(chi_far, chi_near, mass.size, rhobar)
-    stop = mass.size if stop is None else min(stop, mass.size)
-    out = np.empty(stop - start, dtype=np.float32)
+    expected = _pixel_mass(chi_far, chi_near, mass.size if npix is None else int(npix), rhobar)
+    out = np.empty(mass.size, dtype=np.float32)
     scratch = np.empty(min(_OVERDENSITY_BLOCK, out.size))
     for offset in range(0, out.size, _OVERDENSITY_BLOCK):
-        block = scratch[:min(_OVERDENSITY_BLOCK, out.size - offset)]
-        np.divide(mass[start + offset:start + offset + block.size], expected, out=block)
-        block -= 1.0
-        out[offset:offset + block.size] = block
+        step = scratch[:min(_OVERDENSITY_BLOCK, out.size - offset)]
+        np.divide(mass[offset:offset + step.size], expected, out=step)
+        step -= 1.0
+        out[offset:offset + step.size] = step
     return out
-
-
-def overdensity_blocks(mass: np.ndarray, chi_far: float, chi_near: float, rhobar: float) -> Iterator[np.ndarray]:
-    """The float32 overdensity of a (npix,) float64 mass map (:func:`overdensity_float32`) as consecutive
-    blocks of ``_OVERDENSITY_BLOCK`` pixels (the last one shorter): the sheet is never whole in memory."""
-    for start in range(0, mass.size, _OVERDENSITY_BLOCK):
-        yield overdensity_float32(mass, chi_far, chi_near, rhobar, start, start + _OVERDENSITY_BLOCK)
 
 
 class Float64Mean:
@@ -490,20 +527,21 @@ class Float64Mean:
         return float(self.total / count)
 
 
-def reached_bits(mass: np.ndarray) -> np.ndarray:
-    """``np.packbits(mass > 0)`` of a (npix,) map (uint8, (npix + 7) // 8), computed block by block: no
-    npix-byte boolean map."""
-    packed = np.empty((mass.size + 7) // 8, dtype=np.uint8)
-    for start in range(0, mass.size, _OVERDENSITY_BLOCK):
-        bits = np.packbits(mass[start:start + _OVERDENSITY_BLOCK] > 0.0)
-        packed[start // 8:start // 8 + bits.size] = bits
-    return packed
+def coarse_regions(npix: int) -> int:
+    """Number of NEST regions at nside 2 (48; the 12 base pixels for an nside-1 map)."""
+    return 12 * COARSE_NSIDE ** 2 if npix >= 12 * COARSE_NSIDE ** 2 else 12
 
 
-def coarse_region_mass(mass: np.ndarray) -> np.ndarray:
-    """Mass in each NEST region at nside 2 (48 regions; the 12 base pixels at nside 1), float64."""
-    regions = 12 * COARSE_NSIDE ** 2 if mass.size >= 12 * COARSE_NSIDE ** 2 else 12
-    return mass.reshape(regions, -1).sum(axis=1)
+def add_region_mass(regions: np.ndarray, mass: np.ndarray, start: int, npix: int) -> None:
+    """Add the pixels ``[start, start + mass.size)`` of a (npix,) float64 mass map to its coarse NEST region
+    sums ``regions`` (float64, (:func:`coarse_regions`,)): the block is cut at the region boundaries."""
+    region_size = npix // regions.size
+    position = start
+    while position < start + mass.size:
+        region = position // region_size
+        end = min(start + mass.size, (region + 1) * region_size)
+        regions[region] += mass[position - start:end - start].sum()
+        position = end
 
 
 def _close(found, expected) -> bool:
@@ -561,48 +599,67 @@ def _bookkeeping(mass, row_mass, rows, mean_delta, is_full_sky, reached, reused=
             "reached": np.asarray(reached, dtype=np.uint8)}
 
 
+# Header cards known only once every pixel is written (filled in by write_nested_map_blocks' late_cards).
+LATE_CARDS = ("MASS", "NROWS", "NPART", "DMEAN", "COVERED")
+
+
 def make_sheet(plan: PreprocessingPlan, catalog: UsmeshCatalog, sheet: SheetPlan,
                chunk_size: int) -> Dict[str, np.ndarray]:
-    """Compute and write one delta sheet (NESTED float32 FITS, atomically); return its bookkeeping."""
-    try:
-        mass, rows, row_mass = accumulate_sheet_mass(catalog, sheet.index, chunk_size)
-    except UsmeshError as exc:
-        raise InputError(str(exc)) from None
-    regions = coarse_region_mass(mass)
-    reached = reached_bits(mass)
+    """Compute and write one delta sheet (NESTED float32 FITS, atomically); return its bookkeeping.
+
+    One pass over the mass blocks of :func:`sheet_mass_blocks`: each is summed into its coarse regions,
+    marked in the reached bits, converted to float32 delta, added to the mean and written. The cards that
+    depend on every pixel (``LATE_CARDS``) are filled in after the pixels; a non-finite pixel fails the
+    sheet after its last block, and no file is left.
+    """
+    npix = plan.npix
+    tally = RowTally()
+    regions = np.zeros(coarse_regions(npix))
+    reached = np.empty((npix + 7) // 8, dtype=np.uint8)
     mean = Float64Mean()
 
-    def refuse(bad: int):
-        return InputError(f"{plan.usmesh}: sheet {sheet.index} has {bad} non-finite pixels (non-finite Mass in "
-                          "the usmesh rows?); refusing to write it")
-
-    if not math.isfinite(float(regions.sum())):  # before its MASS card, which FITS cannot hold
-        raise refuse(int(np.count_nonzero(~np.isfinite(mass))))
-
     def delta_blocks():
-        produced = overdensity_blocks(mass, sheet.chi_far, sheet.chi_near, plan.rhobar)
-        for block in produced:
-            mean.add(block)
-            if not math.isfinite(mean.total):  # float32 overflow of a finite mass: count them all
-                raise refuse(sum(int(np.count_nonzero(~np.isfinite(b))) for b in itertools.chain([block], produced)))
-            yield block
+        start, bad = 0, 0
+        try:
+            for mass in sheet_mass_blocks(catalog, sheet.index, chunk_size, tally):
+                add_region_mass(regions, mass, start, npix)
+                bits = np.packbits(mass > 0.0)
+                reached[start // 8:start // 8 + bits.size] = bits
+                delta = overdensity_float32(mass, sheet.chi_far, sheet.chi_near, plan.rhobar, npix)
+                mean.add(delta)
+                if not math.isfinite(mean.total):  # a non-finite mass, or a float32 overflow of a finite one
+                    bad += int(np.count_nonzero(~np.isfinite(delta)))
+                start += mass.size
+                yield delta
+        except UsmeshError as exc:
+            raise InputError(str(exc)) from None
+        if bad:
+            raise InputError(f"{plan.usmesh}: sheet {sheet.index} has {bad} non-finite pixels (non-finite Mass "
+                             "in the usmesh rows?); refusing to write it")
 
-    # One pass: the blocks are written as they are made, and DMEAN, whose card precedes the pixels, is
-    # filled in once they are all written (an error mid-way leaves no sheet file).
-    book = _bookkeeping(float(regions.sum()), row_mass, rows, 0.0, bool(np.all(regions > 0)), reached)
-    cards = plan.header_cards(sheet, book)
-    write_nested_map_blocks(sheet.path, delta_blocks(), plan.nside, cards, dtype=np.float32,
-                            late_cards=lambda: [(key, mean.value(mass.size), comment)
-                                                for key, _, comment in cards if key == "DMEAN"])
-    book["mean_delta"] = np.float64(mean.value(mass.size))
-    return book
+    def bookkeeping():
+        return _bookkeeping(float(regions.sum()), tally.row_mass, tally.rows, mean.value(npix),
+                            bool(np.all(regions > 0)), reached)
+
+    placeholder = _bookkeeping(0.0, 0.0, 0, 0.0, False, reached)
+    write_nested_map_blocks(sheet.path, delta_blocks(), plan.nside, plan.header_cards(sheet, placeholder),
+                            dtype=np.float32,
+                            late_cards=lambda: [card for card in plan.header_cards(sheet, bookkeeping())
+                                                if card[0] in LATE_CARDS])
+    return bookkeeping()
 
 
-def estimate_memory_mb(npix: int, chunk_size: int) -> float:
-    """Peak per rank above the interpreter [MiB]: the float64 mass map (8 B x npix), its reached bits
-    (npix / 8 B), one chunk of rows (BYTES_PER_CHUNK_ROW x chunk_size) and a bincount of at most
-    ``_BIN_SPAN`` pixels (8 B each). The float32 sheet is never whole: it is computed and written in
-    blocks of ``_OVERDENSITY_BLOCK`` pixels (~2 MB in all)."""
+def estimate_memory_mb(npix: int, chunk_size: int, dataset: str = HEALPIX_DATASET) -> float:
+    """Peak per rank above the interpreter [MiB] while a sheet is made.
+
+    HEALPIX rows (FastPM's ID-sorted runs, :func:`sheet_mass_blocks`): the reached bits (npix / 8 B), one
+    mass block with its float32 delta, big-endian copy and mask (~32 B x ``_MASS_BLOCK``), and a chunk
+    of rows in each of two runs (a slice straddles at most two light-cone events;
+    ``BYTES_PER_RUN_ROW`` x chunk_size each). Particles: the float64 mass map (8 B x npix), its reached
+    bits, one chunk of rows (``BYTES_PER_CHUNK_ROW`` x chunk_size) and a bincount of at most ``_BIN_SPAN``
+    pixels. (HEALPIX rows in no ID order fall back to the particle figure; a warning says so.)"""
+    if dataset == HEALPIX_DATASET:
+        return (npix / 8 + 32 * min(npix, _MASS_BLOCK) + 2 * BYTES_PER_RUN_ROW * chunk_size) / 2 ** 20
     return (npix * (8 + 1 / 8) + 8 * min(npix, _BIN_SPAN) + chunk_size * BYTES_PER_CHUNK_ROW) / 2 ** 20
 
 
@@ -687,19 +744,20 @@ def quality_control(config: ProcessingConfig, plan: PreprocessingPlan,
 
 
 def footprint_report(plan: PreprocessingPlan, reached: np.ndarray) -> Tuple[np.ndarray, Dict[str, object], List[str]]:
-    """The observed footprint of the sheets from the pixels they reached (bool NESTED (npix,)).
+    """The observed footprint of the sheets from the pixels they reached (packed bits of the NESTED map,
+    uint8 (npix / 8,), as ``np.packbits``).
 
-    Returns ``(observed bool (npix,), summary for qc.json and the manifest, warnings)``. The summary
+    Returns ``(observed packed bits, summary for qc.json and the manifest, warnings)``. The summary
     records the pixels reached, the isolated holes counted as observed, the observed pixels and sky
     fraction, and FastPM's ``lc_fov`` [deg] with the sky fraction of such a cone, when the ParamFile has it.
     """
-    observed, holes = observed_footprint(reached)
-    count = int(np.count_nonzero(observed))
+    observed, holes = observed_footprint_bits(reached, plan.npix)
+    count = count_bits(observed)
     summary: Dict[str, object] = {
         "file": FOOTPRINT_FILE, "nside": plan.nside, "ordering": "NESTED",
         "rule": "pixels reached by any sheet (isolated empty pixels filled), minus those with an unreached "
                 "neighbour (cut by the light-cone edge)",
-        "reached_pixels": int(np.count_nonzero(reached)), "holes_filled": holes, "observed_pixels": count,
+        "reached_pixels": count_bits(reached), "holes_filled": holes, "observed_pixels": count,
         "fsky": count / plan.npix, "lc_fov_deg": plan.lc_fov_deg}
     if plan.lc_fov_deg is not None and 0.0 < plan.lc_fov_deg < 360.0:
         summary["cone_fsky"] = (1.0 - math.cos(math.radians(plan.lc_fov_deg / 2.0))) / 2.0
@@ -715,7 +773,8 @@ def footprint_report(plan: PreprocessingPlan, reached: np.ndarray) -> Tuple[np.n
 
 
 def write_footprint(path: Path, plan: PreprocessingPlan, observed: np.ndarray, summary: Dict[str, object]) -> None:
-    """``footprint.fits``: uint8 NESTED map (1 observed, 0 not) with the summary as header cards."""
+    """``footprint.fits``: uint8 NESTED map (1 observed, 0 not) with the summary as header cards, streamed
+    from the packed bits ``observed`` (uint8 (npix / 8,)) block by block."""
     cards = [("FSKY", summary["fsky"], "observed fraction of the sky"),
              ("NOBSERVD", summary["observed_pixels"], "observed pixels (value 1)"),
              ("NREACHED", summary["reached_pixels"], "pixels any sheet put mass into"),
@@ -725,7 +784,9 @@ def write_footprint(path: Path, plan: PreprocessingPlan, observed: np.ndarray, s
     if plan.lc_fov_deg is not None:
         cards.append(("LC_FOV", plan.lc_fov_deg, "[deg] FastPM lc_fov of the ParamFile"))
     cards.append(("CREATOR", f"lensing_ssc {__version__}", "reached pixels minus the light-cone edge"))
-    write_nested_map(path, observed.astype(np.uint8), cards, dtype=np.uint8)
+    blocks = (np.unpackbits(observed[start // 8:(start + _MASS_BLOCK) // 8],
+                            count=min(_MASS_BLOCK, plan.npix - start)) for start in range(0, plan.npix, _MASS_BLOCK))
+    write_nested_map_blocks(path, blocks, plan.nside, cards, dtype=np.uint8)
 
 
 def manifest(config: ProcessingConfig, plan: PreprocessingPlan, books: Dict[int, Dict[str, np.ndarray]],
@@ -849,7 +910,7 @@ class MassSheetGenerationStep(BaseStep):
         reuse = not config.preprocessing.overwrite and config.pipeline.resume != "restart"
 
         def check_resources():
-            check_memory_estimate(estimate_memory_mb(plan.npix, chunk_size), config.memory_limit_mb,
+            check_memory_estimate(estimate_memory_mb(plan.npix, chunk_size, plan.dataset), config.memory_limit_mb,
                                   f"preprocess at nside {plan.nside} with chunk_size {chunk_size}")
             ensure_free_disk(sheets_directory(config), len(plan.sheets) * (plan.npix * 4 + 16384),
                              "the delta sheets")
@@ -904,7 +965,7 @@ class QualityControlStep(BaseStep):
                 reached |= packed
                 books[task.task_id] = book
             report = quality_control(config, plan, books)
-            observed, footprint, warnings = footprint_report(plan, np.unpackbits(reached, count=plan.npix) > 0)
+            observed, footprint, warnings = footprint_report(plan, reached)
             write_footprint(path.parent / FOOTPRINT_FILE, plan, observed, footprint)
             report["footprint"] = footprint
             if warnings:
