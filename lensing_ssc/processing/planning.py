@@ -2,9 +2,9 @@
 
 Rank 0 only, no writes. Estimates are per MPI rank, in MiB, for the dominant arrays:
 
-* preprocess: the stage's own estimate (``preprocessing_steps.estimate_memory_mb``: float64 accumulator
-  and its reached bits, 8.1 B per pixel, a bounded bincount and the row chunks; the float32 sheet is
-  streamed to its file block by block);
+* preprocess: the stage's own estimate (``preprocessing_steps.estimate_memory_mb``: for HEALPIX rows
+  the reached bits (1/8 B per pixel), one pixel block and a chunk of rows per sorted run; for particles
+  also the float64 accumulator, 8 B per pixel);
 * kappa: the stage's own estimate (``kappa_steps.estimate_memory_mb``: one pixel-range task with a
   block of every sheet; rank 0 streams the maps task by task, so it needs no full-sky map);
 * analyze: on the rank that reads the map (one per node with ``pipeline.node_shared_maps``), the RING

@@ -66,15 +66,19 @@ def merged_mass_blocks(runs: List[Iterable[Piece]], npix: int, block_pixels: int
     cursors = [SortedRun(run) for run in runs]
     for start in range(0, npix, block_pixels):
         stop = min(npix, start + block_pixels)
-        block = np.zeros(stop - start)
+        block = None
         for cursor in cursors:
             for ipix, weights in cursor.take_below(stop):
                 low, high = int(ipix[0]) - start, int(ipix[-1]) - start + 1
                 if low < 0 or high <= low:  # a cheap guard; sortedness within a piece is the caller's
                     raise ValueError(f"pixels {int(ipix[0])}..{int(ipix[-1])} met in block [{start}, {stop}): "
                                      "the run is not sorted")
-                block[low:high] += np.bincount(ipix - (start + low), weights=weights, minlength=high - low)
-        yield block
+                if block is None:  # the block's first rows: their bincount is the block (0 + x = x)
+                    block = np.bincount(ipix - start, weights=weights, minlength=stop - start).astype(np.float64,
+                                                                                                      copy=False)
+                else:
+                    block[low:high] += np.bincount(ipix - (start + low), weights=weights, minlength=high - low)
+        yield np.zeros(stop - start) if block is None else block
     for cursor in cursors:
         leftover = next(cursor.take_below(np.iinfo(np.int64).max), None)
         if leftover is not None:

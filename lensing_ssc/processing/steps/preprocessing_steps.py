@@ -10,21 +10,22 @@
                                   the light-cone footprint -> ``mass_sheets/footprint.fits``
     ManifestWritingStep           rank 0: manifest.json, then drops the task checkpoints
 
-The coordinate transformation itself (``ID % npix``, or observer-relative ``Position`` -> unit vector
--> ``vec2pix_nest``, slice by ``ID // npix`` or ``int(float32(Aemit) * float32(nslices))``) is done by
-:meth:`lensing_ssc.io.usmesh.UsmeshCatalog.iter_slice_chunks`, streamed chunk by chunk inside the
+The coordinate transformation itself (``ID - slice npix`` for the ID range of the slice, or
+observer-relative ``Position`` -> unit vector -> ``vec2pix_nest`` with the slice
+``int(float32(Aemit) * float32(nslices))``) is done by :meth:`lensing_ssc.io.usmesh.UsmeshCatalog.iter_run_pixels`
+and :meth:`~lensing_ssc.io.usmesh.UsmeshCatalog.iter_slice_chunks`, streamed chunk by chunk inside the
 mass-sheet tasks; step 2 only chooses it and checks it before any sheet is written.
 
-Memory per rank (one sheet at a time): the float64 mass map (8 B x npix; the first chunk's bincount
-becomes it, later chunks add a bincount over their pixel span, range by range beyond ``_BIN_SPAN``
-pixels; particle counts become masses in place), one chunk of ``chunk_size`` rows (about 50 B per row
-inside the reader: ID, Mass, slice ids, mask, int64 pixels, float64 masses, plus the chunk in flight),
-then the packed reached bits (npix / 8 B). The float32 sheet is never whole: its blocks are computed
-from the mass map twice, once for the mean (header card DMEAN precedes the pixels in the file), once
-streamed into the FITS file. Peak ~= 8.1 B x npix + ~110 B x chunk_size + 32 MiB above the interpreter
-(:func:`estimate_memory_mb`), ~6.1 GiB at nside 8192 (the whole-map write held 16 B x npix, 12 GiB).
-Measured at nside 1024, one rank, 40 sheets: +104 MB (1e6 rows, chunk_size 25 000) and +121 MB (2e7
-rows, chunk_size 4e6) for this step, against +208 and +227 MB with the whole-map write.
+Memory per rank (one sheet at a time), HEALPIX rows: FastPM writes each light-cone event's rows sorted
+by ID, so a slice is one or two sorted runs (:meth:`UsmeshCatalog.sorted_id_runs`), merged one block of
+``_MASS_BLOCK`` pixels at a time (:func:`lensing_ssc.science.sorted_runs.merged_mass_blocks`); each block
+is converted to float32 delta and written at once, and the cards that need every pixel (MASS, NROWS,
+DMEAN, COVERED) are filled in after the pixels. A rank holds the packed reached bits (npix / 8 B), one
+block and a chunk of rows per run: ~0.1 GiB + 56 B x chunk_size at nside 8192
+(:func:`estimate_memory_mb`). Measured at nside 1024, 2e7 rows: +18 MB above the interpreter for the
+whole stage (the whole-map version: +97 MB; the original method +352 MB). Particles (and HEALPIX rows in
+no ID order) keep the whole-map route: a float64 mass map (8 B x npix) accumulated chunk by chunk
+(:func:`accumulate_sheet_mass`), then handed to the same block loop.
 
 Footprint (partial-sky light cones, FastPM ``lc_fov`` < 360): each sheet task also records which pixels
 its slice reached (a packed bit map, npix/8 bytes, in its checkpoint); quality control ORs them and keeps
@@ -41,6 +42,7 @@ Sheets depend only on the usmesh rows of their slice: identical bytes for any ra
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -396,12 +398,16 @@ def sheet_mass_blocks(catalog: UsmeshCatalog, index: int, chunk_size: int, tally
     if catalog.dataset == HEALPIX_DATASET:
         runs = catalog.sorted_id_runs(index, chunk_size, margin=SLICE_ROW_MARGIN, max_runs=MAX_SORTED_RUNS)
         if runs is not None:
-            def counted(run):
-                for ipix, mass in catalog.iter_run_pixels(index, run, chunk_size):
+            def counted(pieces):
+                for ipix, mass in pieces:
                     tally.rows += ipix.size
                     tally.row_mass += float(mass.sum(dtype=np.float64))
                     yield ipix, mass
-            yield from merged_mass_blocks([counted(run) for run in runs], catalog.npix, _MASS_BLOCK)
+            with contextlib.ExitStack() as stack:
+                pieces = [catalog.iter_run_pixels(index, run, chunk_size) for run in runs]
+                if has_spare_core():  # each run's next chunk is read while the current one is binned
+                    pieces = [stack.enter_context(contextlib.closing(prefetched(run, depth=1))) for run in pieces]
+                yield from merged_mass_blocks([counted(run) for run in pieces], catalog.npix, _MASS_BLOCK)
             return
         log.warning("preprocess: %s: the HEALPIX rows of slice %d are not in ID order (more than %d sorted runs); "
                     "binning them into a whole float64 map (8 B per pixel)", catalog.path, index, MAX_SORTED_RUNS)
