@@ -8,10 +8,11 @@ from lensing_ssc.processing.planning import analysis_memory_mb, kappa_memory_mb,
 
 def test_memory_estimates_scale_with_nside_as_documented():
     # HEALPIX rows (sorted runs merged block by block): the reached bits (1 bit per pixel), one block of
-    # 2^18 pixels at ~32 B each, and a chunk of rows in each of two runs (28 B per row and run)
+    # 2^18 pixels at ~32 B each, and a chunk of rows in each of two runs (40 B per row and run, with the
+    # chunk read ahead)
     assert preprocess_memory_mb(8192, 0) == (12 * 8192 ** 2 / 8 + 32 * 2 ** 18) / 2 ** 20
     assert preprocess_memory_mb(1, 0) == 12 * (1 / 8 + 32) / 2 ** 20
-    assert preprocess_memory_mb(8192, 10 ** 7) == preprocess_memory_mb(8192, 0) + 10 ** 7 * 56 / 2 ** 20
+    assert preprocess_memory_mb(8192, 10 ** 7) == preprocess_memory_mb(8192, 0) + 10 ** 7 * 80 / 2 ** 20
     # particles (no pixel order): float64 accumulator + its reached bits + a bincount of at most 2^22
     # pixels, plus the row chunk; the float32 sheet is streamed to its file block by block
     assert preprocess_memory_mb(8192, 0, "particles") == (12 * 8192 ** 2 * (8 + 1 / 8) + 8 * 2 ** 22) / 2 ** 20

@@ -21,7 +21,7 @@ by ID, so a slice is one or two sorted runs (:meth:`UsmeshCatalog.sorted_id_runs
 ``_MASS_BLOCK`` pixels at a time (:func:`lensing_ssc.science.sorted_runs.merged_mass_blocks`); each block
 is converted to float32 delta and written at once, and the cards that need every pixel (MASS, NROWS,
 DMEAN, COVERED) are filled in after the pixels. A rank holds the packed reached bits (npix / 8 B), one
-block and a chunk of rows per run: ~0.1 GiB + 56 B x chunk_size at nside 8192
+block and two chunks of rows per run: ~0.1 GiB + 80 B x chunk_size at nside 8192
 (:func:`estimate_memory_mb`). Measured at nside 1024, 2e7 rows: +18 MB above the interpreter for the
 whole stage (the whole-map version: +97 MB; the original method +352 MB). Particles (and HEALPIX rows in
 no ID order) keep the whole-map route: a float64 mass map (8 B x npix) accumulated chunk by chunk
@@ -114,9 +114,9 @@ _OVERDENSITY_BLOCK = 1 << 16
 # HEALPIX rows of a slice in at most this many ID-sorted runs (FastPM: one per light-cone event holding the
 # slice, 1 or 2) are merged block by block; more runs mean rows in no order: whole-map accumulation.
 MAX_SORTED_RUNS = 8
-# Rows held per sorted run while its chunk is binned: ID (8 B), Mass (4 B), the float64 weights (8 B) and
-# the bincount offsets (8 B).
-BYTES_PER_RUN_ROW = 28
+# Bytes per row held per sorted run: the chunk being binned, ID (8 B), Mass (4 B), the float64 weights
+# (8 B) and the bincount offsets (8 B), plus the next chunk read ahead (ID and Mass, 12 B).
+BYTES_PER_RUN_ROW = 28 + 12
 # An existing sheet tells which pixels its slice reached (delta != -1) only while one particle per pixel
 # is resolved in float32: delta = M / E - 1 rounds to -1 when M / E < 2**-25, E the expected mass per pixel.
 MAX_PARTICLES_PER_PIXEL_EXACT = 2.0 ** 24
