@@ -82,6 +82,48 @@ def test_result_file_has_the_original_layout_and_provenance(analysed):
         assert not any(p.endswith(".inprogress") for p in map(str, (tmp_path / "stats").iterdir()))
 
 
+def test_summary_is_the_numpy_summary_of_the_patch_rows(analysed):
+    """``/summary/{path}``, for every per-patch dataset, recomputed with numpy from the stored float32
+    rows of the patches not listed in ``excluded_patches``: mean; cov with ddof 1; std =
+    sqrt(diag(cov)); corr = cov / outer(std, std), with 0 off the diagonal and 1 on it for bins of zero
+    variance (e.g. empty extreme nu bins); the Hartlap factor (n - p - 2)/(n - 1) as an attribute."""
+    _, config, result = analysed
+    with h5py.File(result.outputs[0], "r") as handle:
+        npatch = handle["patches/centers"].shape[0]
+        summary = handle["summary"]
+        flags = handle["patches/replication_flag"][()]
+        excluded = summary.attrs["excluded_patches"]
+        np.testing.assert_array_equal(excluded, np.flatnonzero(flags) if config.analysis.exclude_flagged_patches
+                                      else [])
+        include = np.ones(npatch, dtype=bool)
+        include[excluded] = False
+        assert summary.attrs["n_patches_used"] == include.sum()
+        row_paths = [path for path in datasets(result.outputs[0])
+                     if path.split("/")[0] in ("power_spectra", "bispectra", "smoothed_statistics")]
+        summarised = []
+        summary.visit(lambda name: summarised.append(name[:-len("/mean")]) if name.endswith("/mean") else None)
+        assert sorted(summarised) == sorted(row_paths)
+        for path in row_paths:
+            rows = handle[path][()].astype(np.float64).reshape(npatch, -1)[include]
+            deviation = rows - rows.mean(axis=0)
+            cov = deviation.T @ deviation / (len(rows) - 1)
+            std = np.sqrt(np.diag(cov))
+            live = std > 0
+            corr = np.zeros_like(cov)
+            corr[np.ix_(live, live)] = cov[np.ix_(live, live)] / np.outer(std[live], std[live])
+            np.fill_diagonal(corr, 1.0)
+            stored = {key: summary[f"{path}/{key}"][()] for key in ("mean", "std", "cov", "corr")}
+            scale = np.abs(cov).max()
+            np.testing.assert_allclose(stored["mean"], rows.mean(axis=0), rtol=1e-12, err_msg=path)
+            np.testing.assert_allclose(stored["cov"], cov, rtol=1e-10, atol=1e-12 * scale, err_msg=path)
+            np.testing.assert_allclose(stored["std"], std, rtol=1e-10, err_msg=path)
+            np.testing.assert_allclose(stored["std"], np.sqrt(np.diag(stored["cov"])), rtol=1e-15, err_msg=path)
+            np.testing.assert_allclose(stored["corr"], corr, rtol=0, atol=1e-9, err_msg=path)
+            nbins = rows.shape[1]
+            hartlap = (len(rows) - nbins - 2) / (len(rows) - 1) if len(rows) > nbins + 2 else np.nan
+            np.testing.assert_allclose(summary[path].attrs["hartlap_factor"], hartlap, rtol=1e-15, err_msg=path)
+
+
 def test_mean_patch_power_spectrum_recovers_the_input_spectrum(analysed):
     """Gaussian random field: the patch-averaged ell(ell+1)C/2pi matches the input spectrum times the
     HEALPix pixel window (the projection samples the nside-128 map)."""
