@@ -16,7 +16,8 @@ from typing import Callable, List, Optional
 from lensing_ssc import __version__
 from lensing_ssc.core.config import ProcessingConfig
 from lensing_ssc.core.errors import (EXIT_BAD_INPUT, EXIT_CHECKPOINTED, EXIT_OK, InputError, LensingSSCError,
-                                     exit_code_for)
+                                     exit_code_for, is_disk_full)
+from lensing_ssc.io.atomic import disk_full_error
 from lensing_ssc.parallel import abort_on_exception, get_comm, is_collective, root_then_bcast
 from lensing_ssc.processing.interrupts import install_process_handlers, pending_stop
 
@@ -207,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_unexpected(exc: Exception) -> str:
+    """One line for an exception that is not a LensingSSCError: a full disk names the file when the
+    error knows it (``exc.filename``); others give their type and message (newlines folded)."""
+    if is_disk_full(exc) and exc.filename:
+        return str(disk_full_error(exc.filename, exc))
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())} (rerun with --log-level DEBUG for the traceback)"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     comm = get_comm()
@@ -222,8 +231,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:  # one line for the user; the traceback at debug level
         log.debug("traceback", exc_info=True)
         if comm.is_root or not is_collective(exc):  # an error all ranks share is printed once
-            print(f"lensing-ssc: error: {type(exc).__name__}: {exc} (rerun with --log-level DEBUG for the "
-                  "traceback)", file=sys.stderr)
+            print(f"lensing-ssc: error: {describe_unexpected(exc)}", file=sys.stderr)
         return exit_code_for(exc)
 
 

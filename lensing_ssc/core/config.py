@@ -153,7 +153,9 @@ SECTIONS: Dict[str, Dict[str, Tuple[Any, Callable, str]]] = {
         "memory_monitoring": (True, _bool,
                               "sample RSS and CPU per rank (psutil) during tasks"),
         "parallel_io": (True, _bool,
-                        "write results with parallel HDF5 when h5py supports MPI"),
+                        "analysis results files (stats/*.h5): true: every rank writes its own rows with parallel "
+                        "HDF5 (h5py driver 'mpio') when h5py is built with MPI, else as false; false: the rows are "
+                        "gathered on rank 0, which writes the file alone with plain h5py (same datasets)"),
         "node_shared_maps": (True, _bool,
                              "analysis: hold the full-sky map being analysed once per node in MPI-3 shared memory "
                              "(read by one rank per node) instead of once per rank; false: every rank reads its "

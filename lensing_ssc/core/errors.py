@@ -1,14 +1,19 @@
 """The exception hierarchy of lensing_ssc and the process exit code of each (DESIGN.md §3).
 
 Exit codes: 0 success; 2 bad config or bad input; 3 resource error; 75 checkpointed on a signal or
-wall-time budget (rerun to resume); 1 anything else.
+wall-time budget (rerun to resume); 1 anything else. A full disk or quota (OSError ENOSPC/EDQUOT) is a
+resource error: exit code 3, never retried.
 """
+import errno
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_RESOURCE = 3
 EXIT_CHECKPOINTED = 75
+
+# errno values of a write refused because the file system is full or the user's quota is used up
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class LensingSSCError(Exception):
@@ -63,10 +68,15 @@ class CheckpointedExit(LensingSSCError):
     exit_code = EXIT_CHECKPOINTED
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError whose errno says the disk is full (ENOSPC) or the quota exceeded (EDQUOT)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
 def exit_code_for(exc: BaseException) -> int:
     """Exit code of the process for an exception reaching the top level."""
     if isinstance(exc, LensingSSCError):
         return exc.exit_code
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or is_disk_full(exc):
         return EXIT_RESOURCE
     return EXIT_FAILURE

@@ -1,15 +1,23 @@
-"""Writing files so that a reader never sees a partial one: temporary name, fsync, rename."""
+"""Writing files so that a reader never sees a partial one: temporary name, fsync, rename.
+
+A write refused because the disk is full or the quota used up becomes a one-line ResourceError (exit
+code 3, never retried) naming the file being written and the free space left (:func:`guarded_write`).
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 from pathlib import Path
 
-from lensing_ssc.core.errors import ResourceError
+from lensing_ssc.core.errors import ResourceError, is_disk_full
 
 INPROGRESS_SUFFIX = ".inprogress"
+# astropy and numpy report a short write as an OSError without errno: it counts as a full disk when the
+# file system has less than this left when the error is raised [bytes].
+NEARLY_FULL_BYTES = 2**20
 
 
 def inprogress_path(final_path) -> Path:
@@ -35,21 +43,53 @@ def commit(temporary, final) -> None:
             os.close(dir_fd)
 
 
+def free_bytes(directory) -> int:
+    """Bytes free for this user on the file system of ``directory`` (or of its nearest existing parent)."""
+    probe = Path(directory)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def disk_full_error(path, exc: OSError) -> ResourceError:
+    """The one-line error for ``exc``, a write of ``path`` refused by a full disk or an exhausted quota."""
+    path = Path(path)
+    reason = "disk quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
+    return ResourceError(f"{path}: {reason} while writing (free space on {path.parent}: "
+                         f"{free_bytes(path.parent) / 2**20:.1f} MiB)")
+
+
+@contextlib.contextmanager
+def guarded_write(final_path, temporary):
+    """Around the writing of ``temporary`` (to be renamed ``final_path``): an OSError of a full disk or
+    quota (errno ENOSPC/EDQUOT, or no errno with under NEARLY_FULL_BYTES free) is re-raised as
+    :func:`disk_full_error` naming ``final_path``; on any error ``temporary`` is removed."""
+    final_path = Path(final_path)
+    try:
+        try:
+            yield
+        except OSError as exc:  # the free space is measured before the partial file is removed
+            if is_disk_full(exc) or (exc.errno is None and free_bytes(final_path.parent) < NEARLY_FULL_BYTES):
+                raise disk_full_error(final_path, exc) from exc
+            raise
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            Path(temporary).unlink()
+        raise
+
+
 @contextlib.contextmanager
 def atomic_output(final_path):
-    """Yield a temporary path next to ``final_path``; rename it there only if the block succeeds."""
+    """Yield a temporary path next to ``final_path``; rename it there only if the block succeeds
+    (a full disk: ResourceError naming ``final_path``, see :func:`guarded_write`)."""
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = inprogress_path(final_path)
     with contextlib.suppress(FileNotFoundError):
         temporary.unlink()
-    try:
+    with guarded_write(final_path, temporary):
         yield temporary
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
-    commit(temporary, final_path)
+        commit(temporary, final_path)
 
 
 def write_json_atomic(path, payload) -> None:
@@ -61,11 +101,7 @@ def write_json_atomic(path, payload) -> None:
 
 def ensure_free_disk(directory, needed_bytes: int, what: str) -> None:
     """Raise ResourceError naming ``what`` when ``directory`` has less than ``needed_bytes`` free."""
-    directory = Path(directory)
-    probe = directory
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = free_bytes(directory)
     if free < needed_bytes:
         raise ResourceError(f"{directory}: {what} needs about {needed_bytes / 2**20:.1f} MiB but only "
                             f"{free / 2**20:.1f} MiB are free")

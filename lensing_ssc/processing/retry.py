@@ -6,14 +6,15 @@ import random
 import time
 from typing import Callable, Tuple, Type, TypeVar
 
-from lensing_ssc.core.errors import TransientError
+from lensing_ssc.core.errors import TransientError, is_disk_full
 
 log = logging.getLogger("lensing_ssc.retry")
 
 T = TypeVar("T")
 
 # I/O hiccups on shared file systems surface as OSError; TransientError marks other retryable cases.
-# Validation, config and input errors are never retried, nor are OSErrors that waiting cannot fix.
+# Validation, config and input errors are never retried, nor are OSErrors that waiting cannot fix:
+# a missing file, a permission, a full disk or quota (is_disk_full).
 RETRYABLE: Tuple[Type[BaseException], ...] = (TransientError, OSError)
 PERMANENT: Tuple[Type[BaseException], ...] = (FileNotFoundError, PermissionError, IsADirectoryError,
                                               NotADirectoryError)
@@ -37,7 +38,7 @@ def call_with_retries(func: Callable[[], T], max_retries: int, base_s: float, wh
         try:
             return func(), attempt
         except RETRYABLE as exc:
-            if attempt == max_retries or isinstance(exc, PERMANENT):
+            if attempt == max_retries or isinstance(exc, PERMANENT) or is_disk_full(exc):
                 raise
             log.warning("%s failed (%s: %s); retry %d/%d in %.2f s", what, type(exc).__name__, exc,
                         attempt + 1, max_retries, delays[attempt])

@@ -1,10 +1,11 @@
 """The error hierarchy and the exit code of each error (DESIGN.md §3)."""
+import errno
 import pickle
 
 import pytest
 
 from lensing_ssc.core.errors import (CheckpointedExit, ConfigError, InputError, LensingSSCError, ResourceError,
-                                     TransientError, ValidationError, exit_code_for)
+                                     TransientError, ValidationError, exit_code_for, is_disk_full)
 
 EXPECTED_EXIT_CODES = [
     (ConfigError(["pipeline.batch_size: bad"]), 2),
@@ -15,14 +16,35 @@ EXPECTED_EXIT_CODES = [
     (TransientError("hiccup"), 1),
     (LensingSSCError("other"), 1),
     (MemoryError(), 3),
+    (OSError(errno.ENOSPC, "No space left on device"), 3),  # a full disk is a resource error
+    (OSError(errno.EDQUOT, "Disk quota exceeded", "out/kappa.fits"), 3),
+    (OSError(errno.EIO, "Input/output error"), 1),
+    (OSError("no errno"), 1),
     (RuntimeError("bug"), 1),
     (KeyError("x"), 1),
 ]
 
 
-@pytest.mark.parametrize("error, code", EXPECTED_EXIT_CODES, ids=lambda v: type(v).__name__ if not isinstance(v, int) else str(v))
+def case_id(value):
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, OSError):
+        return f"OSError-{errno.errorcode.get(value.errno, 'no-errno')}"
+    return type(value).__name__
+
+
+@pytest.mark.parametrize("error, code", EXPECTED_EXIT_CODES, ids=case_id)
 def test_exit_code_for(error, code):
     assert exit_code_for(error) == code
+
+
+def test_is_disk_full_only_for_enospc_and_edquot():
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded", "f.h5"))
+    assert not is_disk_full(OSError(errno.EIO, "Input/output error"))
+    assert not is_disk_full(OSError("1000 requested and 10 written"))  # no errno: only atomic.py may guess
+    assert not is_disk_full(ResourceError("needs 3 GB"))
+    assert not is_disk_full(ValueError(errno.ENOSPC))
 
 
 def test_bad_input_errors_are_value_errors():

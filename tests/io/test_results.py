@@ -1,11 +1,20 @@
-"""Results files: ours and the original code's are read by the same code path with the same layout."""
+"""Results files: ours and the original code's are read by the same code path with the same layout.
+
+The MPI test runs under ``mpiexec -n 2 python -m pytest --with-mpi -m mpi tests/io/test_results.py``.
+"""
+import errno
+import re
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
 
 from conftest import TEST_DATA, write_gaussian_kappa
 from lensing_ssc.core.config import ProcessingConfig
-from lensing_ssc.io.results import read_results, write_rows_file
+from lensing_ssc.core.errors import ResourceError
+from lensing_ssc.io import atomic, results
+from lensing_ssc.io.results import h5py_has_mpi, read_results, write_rows_file
 from lensing_ssc.parallel import get_comm
 from lensing_ssc.processing.pipeline import AnalysisPipeline
 
@@ -57,3 +66,97 @@ def test_serial_fallback_writes_the_same_file_layout(tmp_path):
     found = read_results(path)
     np.testing.assert_array_equal(found["rows/a"], np.ones((4, 2), dtype=np.float32))
     assert found["summary/n"] == 4 and not (tmp_path / "r.h5.inprogress").exists()
+
+
+def write_small_file(final):
+    return write_rows_file(final, {"meta/x": np.arange(3.0)}, {"rows/a": ((4,), "f4")}, 0, {"rows/a": np.ones(4)},
+                           {}, get_comm())
+
+
+def test_disk_full_during_the_write_names_the_results_file_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """The file's bytes reach the disk through one Python write: ENOSPC there, as on a full disk."""
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.file = open(path, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            self.file.write(bytes(data)[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results, "open", FullDisk, raising=False)  # the module's name for the builtin
+    final = tmp_path / "stats" / "stats_zs1.0_s5_oa10.h5"
+    with pytest.raises(ResourceError) as caught:
+        write_small_file(final)
+    assert re.fullmatch(rf"{re.escape(str(final))}: no space left on device while writing \(free space on "
+                        rf"{re.escape(str(final.parent))}: \d+\.\d MiB\)", str(caught.value)), str(caught.value)
+    assert list(final.parent.iterdir()) == []
+
+
+def test_no_room_for_the_datasets_is_refused_before_writing(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "free_bytes", lambda directory: 20)  # the datasets need 3 x 8 + 4 x 4 bytes
+    final = tmp_path / "stats" / "r.h5"
+    with pytest.raises(ResourceError, match=rf"the results file r.h5 needs about 0.0 MiB but only 0.0 MiB are free"):
+        write_small_file(final)
+    assert list(final.parent.iterdir()) == []
+    monkeypatch.setattr(atomic, "free_bytes", lambda directory: 40)
+    assert read_results(write_small_file(final))["rows/a"].tolist() == [1, 1, 1, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# pipeline.parallel_io under mpiexec -n 2
+
+ROW_SHAPES = {"rows/a": ((7, 2, 3), "f4"), "rows/b": ((7,), "f8")}
+
+
+def all_rows():
+    rng = np.random.default_rng(3)
+    return {path: rng.normal(size=shape).astype(dtype) for path, (shape, dtype) in ROW_SHAPES.items()}
+
+
+@pytest.mark.mpi(min_size=2)
+def test_parallel_and_gathered_writes_give_the_same_datasets(mpi_tmp_path, monkeypatch):
+    """parallel_io true: every rank writes its rows (driver 'mpio'); false: rank 0 alone, plain h5py.
+    Same datasets (names, shapes, dtypes, bytes) and attributes either way."""
+    comm = get_comm()
+    opened = []  # (file, driver) of every h5py.File this rank opens; file "memory" for a file-like object
+
+    class SpyFile(h5py.File):
+        def __init__(self, name, mode="r", **kwargs):
+            opened.append((Path(name).name if isinstance(name, (str, Path)) else "memory", kwargs.get("driver")))
+            super().__init__(name, mode, **kwargs)
+
+    monkeypatch.setattr(results.h5py, "File", SpyFile)
+    rows = all_rows()
+    bounds = np.linspace(0, 7, comm.size + 1).astype(int)
+    first, stop = bounds[comm.rank], bounds[comm.rank + 1]
+    my_rows = {path: values[first:stop] for path, values in rows.items()}
+    attrs = {"/": {"n_ranks": comm.size}, "rows": {"k": 1}}
+    paths, files_opened = {}, {}
+    for parallel in (True, False):
+        opened.clear()
+        paths[parallel] = write_rows_file(
+            mpi_tmp_path / f"parallel_{parallel}.h5", {"meta/x": np.arange(3.0)}, ROW_SHAPES, first, my_rows, attrs,
+            comm, finish=lambda handle: handle.create_dataset("summary/n", data=7), parallel_io=parallel)
+        files_opened[parallel] = list(opened)
+    if h5py_has_mpi():  # every rank writes; rank 0 then adds /summary
+        assert files_opened[True] == [("parallel_True.h5.inprogress", "mpio")] + \
+            ([("parallel_True.h5.inprogress", None)] if comm.is_root else [])
+    assert files_opened[False] == ([("memory", None)] if comm.is_root else [])  # rank 0 alone
+    if comm.is_root:
+        parallel, serial = read_results(paths[True]), read_results(paths[False])
+        assert sorted(parallel) == sorted(serial) == ["meta/x", "rows/a", "rows/b", "summary/n"]
+        for name, values in serial.items():
+            assert parallel[name].dtype == values.dtype and parallel[name].shape == values.shape, name
+            assert np.asarray(parallel[name]).tobytes() == np.asarray(values).tobytes(), name
+        for name, values in rows.items():
+            np.testing.assert_array_equal(serial[name], values)
+        with h5py.File(paths[True], "r") as a, h5py.File(paths[False], "r") as b:
+            for group in ("/", "rows"):
+                assert dict(a[group].attrs) == dict(b[group].attrs)
+    comm.barrier()

@@ -1,10 +1,13 @@
 """call_with_retries: which errors are retried, how often, with which delays."""
+import errno
+import json
 import logging
 import random
 
 import pytest
 
-from lensing_ssc.core.errors import ConfigError, InputError, TransientError, ValidationError
+from lensing_ssc.core.errors import ConfigError, InputError, ResourceError, TransientError, ValidationError
+from lensing_ssc.io.atomic import write_json_atomic
 from lensing_ssc.processing.retry import backoff_delays, call_with_retries
 
 
@@ -84,8 +87,10 @@ def test_zero_retries_calls_once():
 
 @pytest.mark.parametrize("error", [ValidationError("step S: bad input"), ConfigError("pipeline.x: bad"),
                                    ValueError("xsize: expected > 0"), InputError("sheet.fits: truncated"),
-                                   KeyError("x"), RuntimeError("bug")],
-                         ids=lambda e: type(e).__name__)
+                                   KeyError("x"), RuntimeError("bug"), ResourceError("needs 9 GB"),
+                                   OSError(errno.ENOSPC, "No space left on device"),
+                                   OSError(errno.EDQUOT, "Disk quota exceeded", "stats/x.h5")],
+                         ids=lambda e: errno.errorcode[e.errno] if getattr(e, "errno", None) else type(e).__name__)
 def test_non_transient_errors_are_never_retried(error):
     func = Flaky([error])
     sleeps = []
@@ -93,3 +98,22 @@ def test_non_transient_errors_are_never_retried(error):
         call_with_retries(func, 5, 0.1, what="task", sleep=sleeps.append, rng=random.Random(0))
     assert caught.value is error
     assert func.calls == 1 and sleeps == []
+
+
+def test_a_write_refused_by_a_full_disk_is_not_retried(tmp_path, monkeypatch):
+    """ENOSPC inside an atomic write: one attempt, no sleep, a ResourceError naming the file."""
+    attempts = []
+
+    def full_disk(payload, handle, **options):
+        attempts.append(handle.name)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", full_disk)
+    target = tmp_path / "out" / "report.json"
+    sleeps = []
+    with pytest.raises(ResourceError, match="no space left on device while writing") as caught:
+        call_with_retries(lambda: write_json_atomic(target, {"a": 1}), 5, 0.1, what="task", sleep=sleeps.append,
+                          rng=random.Random(0))
+    assert str(caught.value).startswith(f"{target}: ")
+    assert len(attempts) == 1 and sleeps == []
+    assert list(target.parent.iterdir()) == []  # neither the file nor its *.inprogress

@@ -6,12 +6,20 @@ output: no new FITS/HDF5/PNG file, no stage manifest, no ``*.inprogress`` left, 
 untouched. The inputs are the reference run's files (chain.py), broken one way each. The table runs
 in-process on one rank (fast: no launch); a few cases run as ``mpiexec -n 2`` jobs to show that every
 rank exits with the code and the message is printed once, and that an input error found inside one
-rank's task ends the whole job with code 2.
+rank's task ends the whole job with code 2. No case prints a traceback.
+
+A full disk mid-write (OSError ENOSPC) is a resource error: exit code 3, one line naming the file being
+written, no retry, no partial output; shown with an injected error and, where a tmpfs can be mounted
+(root), with a real full file system.
 """
+import contextlib
+import errno
 import logging
+import os
 import re
 import shutil
 import signal
+import subprocess
 
 import bigfile
 import healpy as hp
@@ -19,7 +27,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from chain import SEED, write_chain_config
+from chain import SEED, STATS_STEM, TINY_CHAIN, write_chain_config
 from driver import REPORT_EXIT_ENV
 from job_control import driver, run_job
 from lensing_ssc.cli import main
@@ -242,8 +250,10 @@ def test_bad_input_exits_with_its_code_one_message_and_no_output(reference, tmp_
     config = setup(reference, tmp_path)
     before = files(tmp_path)
     assert main([command, str(config)]) == code
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lensing-ssc: error:")]
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("lensing-ssc: error:")]
     assert len(errors) == 1 and phrase in errors[0], errors
+    assert "Traceback" not in stderr, stderr
     assert new_final_outputs(before, tmp_path) == []
     assert not list(tmp_path.rglob("*.inprogress"))
     after = files(tmp_path)
@@ -267,6 +277,7 @@ def test_every_rank_exits_with_the_code_and_one_message(reference, tmp_path, cas
     assert sorted(re.findall(r"rank (\d+) exit (\d+)", failed.stdout)) == [("0", str(code)), ("1", str(code))]
     assert failed.stderr.count("lensing-ssc: error:") == 1 and phrase in failed.stderr
     assert "fatal" not in failed.stderr  # a clean collective error, not an abort
+    assert "Traceback" not in failed.stderr, failed.stderr
     assert new_final_outputs(before, tmp_path) == []
 
 
@@ -278,4 +289,127 @@ def test_bad_pixel_found_by_one_rank_mid_stage_ends_the_job_with_code_2(referenc
     failed = run_job(driver(command, config), 2, tmp_path / "logs", timeout=60)
     assert failed.returncode == code, failed.stderr
     assert failed.stderr.count("fatal: InputError") == 1 and phrase in failed.stderr
+    assert "Traceback" not in failed.stderr, failed.stderr
     assert new_final_outputs(before, tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk mid-write
+
+def full_disk_line(path):
+    """The error line of a write of ``path`` refused by a full disk (a regular expression)."""
+    return (rf"lensing-ssc: error: {re.escape(str(path))}: no space left on device while writing "
+            rf"\(free space on {re.escape(str(path.parent))}: \d+\.\d MiB\)")
+
+
+def assert_one_error_line(stderr, pattern):
+    """Exactly one error line, matching ``pattern``; no traceback."""
+    errors = [line for line in stderr.splitlines() if line.startswith("lensing-ssc: error:")]
+    assert len(errors) == 1, stderr
+    assert re.fullmatch(pattern, errors[0]), errors[0]
+    assert "Traceback" not in stderr, stderr
+
+
+def no_space(*args, **kwargs):
+    """A write refused as h5py and astropy refuse it: errno ENOSPC, no file name."""
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.timeout(60)
+def test_full_disk_while_writing_the_kappa_map(reference, tmp_path, capsys, restore_process_state, monkeypatch):
+    config = reference.workspace("kappa", tmp_path)
+    before = files(tmp_path)
+    writes = []
+    monkeypatch.setattr(fits.StreamingHDU, "write", lambda self, data: (writes.append(1), no_space()))
+    assert main(["kappa", str(config)]) == 3
+    assert_one_error_line(capsys.readouterr().err, full_disk_line(kappa_map(tmp_path)))
+    assert writes == [1]  # not retried
+    assert new_final_outputs(before, tmp_path) == []
+    assert not list(tmp_path.rglob("*.inprogress"))
+
+
+@pytest.mark.timeout(60)
+def test_full_disk_error_raised_inside_a_task_names_its_file_and_is_not_retried(reference, tmp_path, capsys,
+                                                                                 restore_process_state, monkeypatch):
+    """An OSError ENOSPC that carries its file name (Python's own writes) reaches the command line as is."""
+    from lensing_ssc.processing.steps import analysis_steps
+    config = reference.workspace("analyze", tmp_path)
+    scratch = tmp_path / "scratch" / "patch.npy"
+    calls = []
+
+    def project_patch(*args):
+        calls.append(1)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(scratch))
+
+    monkeypatch.setattr(analysis_steps, "project_patch", project_patch)
+    assert main(["analyze", str(config)]) == 3
+    assert_one_error_line(capsys.readouterr().err, full_disk_line(scratch))
+    assert calls == [1]  # pipeline.max_retries is 3: a full disk is not retried
+
+
+@contextlib.contextmanager
+def small_tmpfs(directory, size_bytes):
+    """``directory`` as a tmpfs of ``size_bytes`` (rounded up to pages) for the block; skips the test when
+    it cannot be mounted (not root, or a container without CAP_SYS_ADMIN)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(directory)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+def results_file(directory):
+    return directory / "stats" / f"{STATS_STEM}.h5"
+
+
+# Each stage checks first that the output directory has room for the file's data (the kappa map's
+# 12 nside^2 float32 pixels, the results file's datasets); the tmpfs passes that check and fills during
+# the write. kappa: one page more than the pixels, less than the FITS headers and padding need (astropy
+# reports a short write without errno). analyze: one page less than the reference results file, written
+# in one piece (errno 28); on 2 ranks with pipeline.parallel_io false (rank 0 writes), and with parallel
+# HDF5 on a full disk, refused by the check (HDF5 may crash when its own write fails, h5py issue 914).
+NPIX = 12 * TINY_CHAIN["mock"]["nside"] ** 2
+
+
+def one_page_less_than_the_reference_results(reference):
+    return results_file(reference.directory).stat().st_size - 4096
+
+
+def results_file_line(directory):
+    return full_disk_line(results_file(directory))
+
+
+def no_room_for_the_results_line(directory):
+    return (rf"lensing-ssc: error: {re.escape(str(directory / 'stats'))}: the results file {STATS_STEM}.h5 needs "
+            rf"about \d+\.\d MiB but only 0.0 MiB are free")
+
+
+FULL_DISKS = {  # id: (command, ranks, pipeline settings, tmpfs size given the reference, expected line)
+    "kappa": ("kappa", 1, {}, lambda reference: NPIX * 4 + 4096,
+              lambda directory: full_disk_line(kappa_map(directory))),
+    "analyze": ("analyze", 1, {}, one_page_less_than_the_reference_results, results_file_line),
+    "analyze gathered on 2 ranks": ("analyze", 2, {"parallel_io": False}, one_page_less_than_the_reference_results,
+                                    results_file_line),
+    "analyze parallel HDF5, disk already full": ("analyze", 2, {}, lambda reference: 4096,
+                                                 no_room_for_the_results_line),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", list(FULL_DISKS))
+def test_a_real_full_disk_exits_3_on_every_rank_with_one_line_naming_the_file(reference, tmp_path, case):
+    command, ranks, pipeline, size, line = FULL_DISKS[case]
+    config = reference.workspace(command, tmp_path, pipeline=pipeline)
+    mounted = tmp_path / ("kappa" if command == "kappa" else "stats")
+    with small_tmpfs(mounted, size(reference)):
+        failed = run_job(driver(command, config), ranks, tmp_path / "logs", timeout=90, env={REPORT_EXIT_ENV: "1"})
+        assert failed.returncode == 3, failed.stderr
+        assert sorted(re.findall(r"rank (\d+) exit (\d+)", failed.stdout)) == [(str(r), "3") for r in range(ranks)]
+        assert_one_error_line(failed.stderr, line(tmp_path))
+        assert list(mounted.iterdir()) == []  # nor a partial file

@@ -420,8 +420,8 @@ class ResultAggregationStep(BaseStep):
 
 class OutputWritingStep(BaseStep):
     """Output writing: one ``stats_zs{zs}_s{seed}_oa{S}.h5`` per map, written by all ranks (parallel
-    HDF5), with the original layout, provenance, patch centres and flags, and ``/summary``; then the
-    map's task checkpoints are removed."""
+    HDF5; by rank 0 alone when ``pipeline.parallel_io`` is false), with the original layout, provenance,
+    patch centres and flags, and ``/summary``; then the map's task checkpoints are removed."""
 
     retryable = False
 
@@ -441,7 +441,8 @@ class OutputWritingStep(BaseStep):
                 stats_path(config, kappa_map), self._static(settings, data, flags), row_shapes,
                 aggregated["first_row"], my_rows, self._attrs(settings, kappa_map, npatch, comm.size),
                 comm, finish=lambda handle, rows=list(row_shapes), flags=flags: _write_summary(
-                    handle, rows, ~flags if exclude else np.ones_like(flags)))
+                    handle, rows, ~flags if exclude else np.ones_like(flags)),
+                parallel_io=config.pipeline.parallel_io)
             self.outputs.append(str(path))
             if comm.is_root:  # the results file is complete: its task checkpoints are no longer needed
                 runner.store.clear()
