@@ -103,5 +103,5 @@ def ensure_free_disk(directory, needed_bytes: int, what: str) -> None:
     """Raise ResourceError naming ``what`` when ``directory`` has less than ``needed_bytes`` free."""
     free = free_bytes(directory)
     if free < needed_bytes:
-        raise ResourceError(f"{directory}: {what} needs about {needed_bytes / 2**20:.1f} MiB but only "
+        raise ResourceError(f"{directory}: writing {what} needs about {needed_bytes / 2**20:.1f} MiB but only "
                             f"{free / 2**20:.1f} MiB are free")
