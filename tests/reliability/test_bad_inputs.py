@@ -386,7 +386,7 @@ def results_file_line(directory):
 
 
 def no_room_for_the_results_line(directory):
-    return (rf"lensing-ssc: error: {re.escape(str(directory / 'stats'))}: the results file {STATS_STEM}.h5 needs "
+    return (rf"lensing-ssc: error: {re.escape(str(directory / 'stats'))}: writing the results file {STATS_STEM}.h5 needs "
             rf"about \d+\.\d MiB but only 0.0 MiB are free")
 
 
