@@ -21,6 +21,11 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "pytest-mpi", "pytest-timeout"]},
+    extras_require={
+        # the ensemble stage's analytic SSC overlay (ensemble.theory; lensing_ssc/science/ssc_theory.py)
+        "theory": ["pyccl>=3"],
+        # pyccl too, so that the test suite (and CI, through scripts/bootstrap.sh) runs the theory tests
+        "test": ["pytest", "pytest-mpi", "pytest-timeout", "pyccl>=3"],
+    },
     entry_points={"console_scripts": ["lensing-ssc = lensing_ssc.cli:entry_point"]},
 )

@@ -9,7 +9,8 @@
 ``cov_ratio``       element-wise covariance ratio first/second of the same data vector
 
 The layout, colours and captions follow :mod:`lensing_ssc.plots`, whose helpers are used here.
-The optional analytic SSC overlay (pyccl) is not drawn: pyccl is not a dependency.
+When the file has a ``/theory`` group (``ensemble.theory``, pyccl installed), the power-spectrum panel
+also shows the halo-model SSC prediction of the variance ratio (``/theory/predicted_ratio``).
 """
 from __future__ import annotations
 
@@ -113,6 +114,11 @@ class EnsembleFile:
     def title(self, what: str) -> str:
         return f"{what} — $z_s$ = {self.zs}"
 
+    def theory(self, path: str) -> Optional[h5py.Group]:
+        """The ``/theory`` group when it predicts the variance ratio of dataset ``path``, else None."""
+        group = self.handle.get("theory")
+        return group if group is not None and group.attrs["path"] == path else None
+
 
 # ---------------------------------------------------------------------------------------------
 # (1) Variance ratio per statistic.
@@ -161,7 +167,7 @@ def plot_variance_ratio(ensemble: EnsembleFile, output_dir: Path) -> Optional[Pa
     fig, axes = _new_figure(nrows, ncols, (3.7, 3.0))
     scales = sorted({s for _, paths in panels for p in paths if (s := _scale(p)) is not None}, key=float)
     colours = dict(zip(scales, _colours(len(scales))))
-    legend_drawn = False
+    legend_drawn, theory_drawn = False, False
     for axis, (name, paths) in zip(axes.flat, panels):
         shown, bars = [], []
         if name in SIGMAS:
@@ -186,6 +192,16 @@ def plot_variance_ratio(ensemble: EnsembleFile, output_dir: Path) -> Optional[Pa
                               label=None if scale is None else rf"$\sigma_s$ = {scale}′")
                 shown.append(y)
                 bars.append(err)
+                theory = ensemble.theory(path)
+                if theory is not None:
+                    predicted = theory["predicted_ratio"][()]
+                    box = float(theory.attrs["second_family_box_mpc_h"])
+                    missing = "all super-sample modes" if np.isnan(box) else f"modes k < 2π/{box:g} Mpc/h"
+                    axis.plot(theory["ell"][()], predicted, color="C3", lw=1.4,
+                              label=f"halo-model SSC ({ensemble.families[1]} lacks {missing})")
+                    axis.legend(fontsize=7, loc="best")
+                    shown.append(predicted)
+                    theory_drawn = True
             if kind == "ell" and ell is not None:
                 _log_ell_axis(axis, ell)
                 axis.set_xlabel(r"multipole $\ell$")
@@ -204,8 +220,10 @@ def plot_variance_ratio(ensemble: EnsembleFile, output_dir: Path) -> Optional[Pa
         axis.set_ylabel(f"Var {ensemble.families[0]} / Var {ensemble.families[1]}")
     fig.suptitle(ensemble.title(f"variance ratio {ensemble.families[0]}/{ensemble.families[1]}, "
                                 f"{_noise_label(int(level.split('_')[1]))}"))
+    theory_note = (" Red line: 1 + Var_SSC(missing modes)/Var measured, halo model (pyccl), cosmology and approximations "
+                   "in /theory.") if theory_drawn else ""
     _caption(fig, f"{ensemble.describe()}. Bars: bootstrap std over simulations (cut at the panel edge when much larger than the others). "
-             f"{ensemble.exclusions()}.")
+             f"{ensemble.exclusions()}.{theory_note}")
     return _save(fig, ensemble.path.stem, output_dir, "variance_ratio")
 
 

@@ -262,6 +262,14 @@ SECTIONS: Dict[str, Dict[str, Tuple[Any, Callable, str]]] = {
                           "drop patches beyond this many sigma (null: keep all)"),
         "bootstrap": (1000, _int(lo=0),
                       "bootstrap resamples over simulations for ratio errors"),
+        "theory": (False, _bool,
+                   "halo-model SSC prediction of the power-spectrum variance ratio first/second family (pyccl, "
+                   "the optional extra lensing_ssc[theory]): written under /theory of the ensemble file and drawn "
+                   "on the variance-ratio plot; without pyccl one log line and no overlay"),
+        "theory_box_mpc_h": (None, _optional(_number(lo=0, lo_open=True)),
+                             "periodic box side [Mpc/h] of the second family's simulations: the theory takes it to "
+                             "lack the modes k < 2 pi/L (e.g. 625 for the original tiled runs); null: it lacks every "
+                             "super-sample mode"),
     },
 }
 

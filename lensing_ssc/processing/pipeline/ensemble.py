@@ -14,6 +14,8 @@ original code or ours). Files are grouped by (zs, patch side); each group gives
                                                             group attrs n_patches, hartlap_factor
     /families/{name}/data_vector/{mean,std,cov,corr,paths,offsets}   the full data vector (SCIENCE.md §6.6 order)
     /ratios/{first}_over_{second}/{path}/{mean_ratio, variance_ratio, variance_ratio_err, cov_ratio, cov_ratio_err}
+    /theory/...                                             with ensemble.theory: the halo-model SSC prediction
+                                                            of the power-spectrum variance ratio (ensemble_theory)
 
 Ratios are for the first two families in config order; errors are bootstrap standard deviations over
 simulations (``ensemble.bootstrap`` resamples; absent when 0). Plots go to ``{output_dir}/plots``.
@@ -42,6 +44,7 @@ from lensing_ssc.core.errors import ConfigError, InputError
 from lensing_ssc.io.atomic import atomic_output
 from lensing_ssc.parallel import Comm, get_comm, mark_collective, root_then_bcast, split_by_cost
 from lensing_ssc.processing.pipeline.base_pipeline import BasePipeline
+from lensing_ssc.processing.pipeline.ensemble_theory import compute_theory, write_theory
 from lensing_ssc.processing.steps.base import BaseStep
 from lensing_ssc.science.covariance import (bootstrap_covariance_ratio, bootstrap_error, covariance_ratio,
                                             data_vector_paths, hartlap_factor, outlier_rows, pooled_summary)
@@ -406,8 +409,9 @@ def _family_attrs(files: List[ResultsFileInfo], codes: np.ndarray) -> Dict[str, 
     }
 
 
-def write_ensemble_file(config, group: EnsembleGroup, pooled: dict) -> Path:
-    """Rank 0: the ensemble HDF5 of one group (layout in the module docstring), written atomically."""
+def write_ensemble_file(config, group: EnsembleGroup, pooled: dict, theory: Optional[dict] = None) -> Path:
+    """Rank 0: the ensemble HDF5 of one group (layout in the module docstring), written atomically;
+    ``theory``: the ``/theory`` group of :func:`ensemble_theory.compute_theory` (None: none)."""
     families = list(group.families)
     ensemble = config.ensemble
     final = ensemble_path(config, group)
@@ -447,11 +451,14 @@ def write_ensemble_file(config, group: EnsembleGroup, pooled: dict) -> Path:
             for path, values in pooled["ratios"].items():
                 for key, value in values.items():
                     ratios.create_dataset(f"{path}/{key}", data=value)
+        if theory is not None:
+            write_theory(handle, theory)
     return final
 
 
 class EnsembleWritingStep(BaseStep):
-    """Rank 0 writes ``{output_dir}/ensemble/ensemble_zs{zs}_oa{S}.h5`` per group (atomic rename)."""
+    """Rank 0 writes ``{output_dir}/ensemble/ensemble_zs{zs}_oa{S}.h5`` per group (atomic rename), with
+    the SSC theory when ``ensemble.theory`` asks for it."""
 
     retryable = False
 
@@ -467,7 +474,7 @@ class EnsembleWritingStep(BaseStep):
         for group, pooled in zip(data["groups"], data["pooled"]):
             path = ensemble_path(self.config, group)
             if self.comm.is_root:
-                write_ensemble_file(self.config, group, pooled)
+                write_ensemble_file(self.config, group, pooled, compute_theory(self.config, group, pooled))
                 log.info("ensemble: wrote %s", path)
             paths.append(str(path))
         self.comm.barrier()
