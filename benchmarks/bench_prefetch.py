@@ -3,23 +3,37 @@
 (a) Preprocessing: one slice of a synthetic usmesh (a BigFile with the FastPM HEALPIX layout: ``ID``
 and ``Mass`` columns only, ``--nevents`` light-cone events each covering the full sky at ``--nside``
 in sorted NEST order inside slice 2, plus a partial event in each neighbouring slice so that the
-margin rows are read and dropped) binned by the production function
-``preprocessing_steps.accumulate_sheet_mass``:
+margin rows are read and dropped) turned into mass blocks by the production function
+``preprocessing_steps.sheet_mass_blocks``, consumed completely. The function scans the slice's IDs once
+(``UsmeshCatalog.sorted_id_runs``: one ID-sorted run per light-cone event, here ``--nevents``), reads
+each run's pieces (``UsmeshCatalog.iter_run_pixels``), wraps each run in ``prefetched(..., depth=1)``
+when the rank has a spare core, and merges the runs one pixel block at a time
+(``sorted_runs.merged_mass_blocks``). Variants:
 
-* ``serial``: the function with its chunk loop not prefetched;
-* ``prefetch dN``: the function with its chunk loop in ``prefetched(..., depth=N)`` (it calls
-  ``prefetched`` itself; each variant replaces that name in its module, see ``chunk_loop_prefetch``);
-* for reference, ``read only`` (iterating the chunks: read + select + pixelise) and ``bin only``
-  (the binning of the same chunks held in memory): the ideal prefetched time is max of the two.
+* ``serial``: the function with no run prefetched;
+* ``prefetch dN``: the function with each run in ``prefetched(..., depth=N)`` (it calls ``prefetched``
+  itself, once per run; each variant replaces that name in its module, see ``chunk_loop_prefetch``,
+  and makes ``has_spare_core`` true, so that the replacement is called whatever the affinity);
+* for reference, ``ID scan`` (``sorted_id_runs``, serial in every variant), ``read only`` (iterating
+  every run's ``iter_run_pixels``: read + slice selection + ``ID - i npix``) and ``bin only``
+  (``merged_mass_blocks`` over the same pieces held in memory; without the per-piece row tally of the
+  production function): the ideal prefetched time is ID scan + max(read, bin).
 
-Prefetch overlaps the two halves, so its best is ``max(read, bin)`` instead of ``read + bin``: at
-most 2x, when they are equal. (a) runs twice: reading from the page cache (the "read" is then CPU
-work - bigfile copies, the slice selection and ``ID % npix`` - which needs a free core to overlap),
-and with every chunk delayed as if read from storage at ``--storage-mbs`` MB/s (a GIL-free sleep,
-i.e. waiting for a parallel file system): the read then dominates and the binning hides behind it.
+Prefetch overlaps reading and binning, so its best is ``max(read, bin)`` instead of ``read + bin``: at
+most 2x on that part, when they are equal. (a) runs twice: reading from the page cache (the "read" is
+then CPU work - bigfile copies and the ID arithmetic - which needs a free core to overlap), and with
+every piece of ``iter_run_pixels`` delayed as if read from storage at ``--storage-mbs`` MB/s (12 B per
+row, ID and Mass; a GIL-free sleep in the thread that reads, i.e. waiting for a parallel file system;
+the runs' reader threads share that bandwidth): the read then dominates and the binning hides behind
+it. There prefetch can beat the "ideal": with one reader thread per run, one run's CPU work on its
+piece also overlaps another run's wait, and the floor is about ID scan + the total wait (printed in
+the header). The ID scan is not delayed (on real storage it would add the same wait, 8 B per row, to
+every variant).
 
-The maps are checked to be bit-identical. Peak traced memory (tracemalloc, numpy arrays included)
-of each variant is taken in a separate pass, so that tracing does not disturb the timings.
+Every block of every variant (bin only included, every chunk size) is checked, as it comes out, to be
+bit-identical to the map of an untimed serial run (a comparison inside the timings, the same for every
+variant), and the rows tallied to be the same. Peak traced memory (tracemalloc, numpy arrays
+included) of each variant is taken in a separate pass, so that tracing does not disturb the timings.
 
 (b) Kappa: ``kappa_steps.born_sum_range`` over one task (``--kappa-pixels`` NESTED pixels) of
 ``--nsheets`` float32 sheets (nside ``--kappa-nside``) and 5 sources, with its block loop not
@@ -54,7 +68,9 @@ from lensing_ssc.io.prefetch import prefetched
 from lensing_ssc.io.usmesh import UsmeshCatalog
 from lensing_ssc.processing.steps import kappa_steps, preprocessing_steps
 from lensing_ssc.processing.steps.kappa_steps import BORN_BLOCK_PIXELS, SheetInfo
-from lensing_ssc.processing.steps.preprocessing_steps import SLICE_ROW_MARGIN, accumulate_sheet_mass
+from lensing_ssc.processing.steps.preprocessing_steps import (_MASS_BLOCK, MAX_SORTED_RUNS, SLICE_ROW_MARGIN, RowTally,
+                                                              sheet_mass_blocks)
+from lensing_ssc.science.sorted_runs import merged_mass_blocks
 
 NSLICES = 4
 SLICE = 2
@@ -95,33 +111,30 @@ def write_synthetic_usmesh(path: Path, nside: int, nevents: int, seed: int = 0) 
     return int(sizes[SLICE + 1])
 
 
-class ChunkSource:
-    """A UsmeshCatalog stand-in for ``accumulate_sheet_mass``: its chunks come from
-    ``chunks(i, chunk_size, margin)``, every other attribute from the catalog."""
+class RunSource:
+    """A UsmeshCatalog stand-in for ``sheet_mass_blocks``: the pieces of a sorted run come from
+    ``pieces(i, run, chunk_size)``, every other attribute from the catalog."""
 
-    def __init__(self, catalog: UsmeshCatalog, chunks):
+    def __init__(self, catalog: UsmeshCatalog, pieces):
         self._catalog = catalog
-        self._chunks = chunks
+        self._pieces = pieces
 
     def __getattr__(self, name):
         return getattr(self._catalog, name)
 
-    def iter_slice_chunks(self, i, chunk_size, margin=0):
-        return self._chunks(i, chunk_size, margin)
+    def iter_run_pixels(self, i, run, chunk_size):
+        return self._pieces(i, run, chunk_size)
 
 
-def slower_storage(chunks, chunk_size, storage_mbs):
-    """The chunks, each preceded by the wait for its ``chunk_size`` rows of ID and Mass (12 B per row)
-    from storage at ``storage_mbs`` MB/s: a GIL-free sleep in the thread that reads, before the
-    reader's CPU work on the chunk, as a read from a parallel file system would be."""
-    iterator = iter(chunks)
-    while True:
-        time.sleep(12 * chunk_size / (storage_mbs * 1e6))
-        try:
-            chunk = next(iterator)
-        except StopIteration:
-            return
-        yield chunk
+def slower_storage(pieces, storage_mbs, channel: threading.Lock):
+    """The pieces ``(ipix, mass)`` of a run, each followed by the wait for its rows of ID and Mass (12 B per
+    row) from storage at ``storage_mbs`` MB/s: a GIL-free sleep in the thread that reads (the reader thread
+    when prefetched), as a read from a parallel file system would be. The sleep holds ``channel``: the
+    runs read through it share that bandwidth (each run's reader thread would otherwise get all of it)."""
+    for ipix, mass in pieces:
+        with channel:
+            time.sleep(12 * ipix.size / (storage_mbs * 1e6))
+        yield ipix, mass
 
 
 def timed(function):
@@ -163,10 +176,10 @@ def overlap_ceiling(repeat: int) -> float:
 
 
 def chunk_loop_prefetch(depth: int, module=preprocessing_steps):
-    """Context in which ``module``'s loop (``accumulate_sheet_mass`` by default) prefetches at ``depth``
-    (0: not at all).
+    """Context in which ``module``'s loops (``sheet_mass_blocks``' runs by default) prefetch at ``depth``
+    (0: not at all); ``replacement.calls`` counts the iterables wrapped.
 
-    The production function calls ``prefetched`` on its chunks or blocks; this replaces that name in
+    The production function calls ``prefetched`` on its runs or blocks; this replaces that name in
     its module, so every variant times the production function itself.
     """
     def replacement(iterable, **_):
@@ -176,51 +189,81 @@ def chunk_loop_prefetch(depth: int, module=preprocessing_steps):
     return mock.patch.object(module, "prefetched", replacement)
 
 
+def consume(blocks, reference: np.ndarray, name: str) -> None:
+    """Iterate the mass blocks, checking each against its pixels of ``reference`` (float64 (npix,))."""
+    start = 0
+    for block in blocks:
+        if not np.array_equal(block, reference[start:start + block.size]):
+            raise AssertionError(f"{name}: mass block at pixel {start} differs from the reference map")
+        start += block.size
+    if start != reference.size:
+        raise AssertionError(f"{name}: {start} pixels of mass blocks, expected {reference.size}")
+
+
 def bench_preprocessing(path: Path, chunk_sizes, repeat: int, storage_mbs: float):
     catalog = UsmeshCatalog(path)
+    channel = threading.Lock()
 
-    def reads(i, chunk_size, margin):
-        chunks = catalog.iter_slice_chunks(i, chunk_size, margin=margin)
-        return slower_storage(chunks, chunk_size, storage_mbs) if storage_mbs else chunks
+    def reads(i, run, chunk_size):
+        pieces = catalog.iter_run_pixels(i, run, chunk_size)
+        return slower_storage(pieces, storage_mbs, channel) if storage_mbs else pieces
 
-    source = ChunkSource(catalog, reads)
+    def id_runs(chunk_size):
+        runs = catalog.sorted_id_runs(SLICE, chunk_size, margin=SLICE_ROW_MARGIN, max_runs=MAX_SORTED_RUNS)
+        if runs is None:
+            raise AssertionError(f"{path}: slice {SLICE} is not in ID-sorted runs: sheet_mass_blocks would take "
+                                 "the whole-map route")
+        return runs
+
+    source = RunSource(catalog, reads)
     variants = {"serial": 0, **{f"prefetch d{d}": d for d in DEPTHS}}
 
-    def accumulate(depth, chunk_size, chunks=source):
-        with chunk_loop_prefetch(depth) as replacement:
-            result = accumulate_sheet_mass(chunks, SLICE, chunk_size)
-        if replacement.calls != 1:
-            raise AssertionError("accumulate_sheet_mass no longer calls prefetched(): update this benchmark")
-        return result
+    def blocks(depth, chunk_size, nruns, reference=None, name="serial"):
+        """Consume sheet_mass_blocks with each run prefetched at ``depth``; its blocks concatenated when
+        ``reference`` is None, else checked against it. Returns (map or None, rows tallied)."""
+        tally = RowTally()
+        with chunk_loop_prefetch(depth) as replacement, \
+                mock.patch.object(preprocessing_steps, "has_spare_core", lambda: True):
+            produced = sheet_mass_blocks(source, SLICE, chunk_size, tally)
+            mass = np.concatenate(list(produced)) if reference is None else consume(produced, reference, name)
+        if replacement.calls != nruns:
+            raise AssertionError(f"sheet_mass_blocks called prefetched() {replacement.calls} times for {nruns} "
+                                 "runs: update this benchmark")
+        return mass, tally.rows
 
-    where = f"storage simulated at {storage_mbs:g} MB/s" if storage_mbs else "page cache"
+    runs = id_runs(chunk_sizes[0])
+    reference, reference_rows = blocks(0, chunk_sizes[0], len(runs))
+    rows = catalog.rows_per_slice()[SLICE]
+    where = (f"storage simulated at {storage_mbs:g} MB/s (waits {12 * rows / (storage_mbs * 1e6):.3f}s in all)"
+             if storage_mbs else "page cache")
     print(f"\n(a) preprocessing, {where}: slice {SLICE} of {path} (nside {catalog.nside}, "
-          f"{catalog.rows_per_slice()[SLICE]:,} rows, {catalog.nrows:,} rows in the file)")
-    print(f"{'chunk rows':>11} {'read only':>10} {'bin only':>9} {'ideal':>7} "
+          f"{rows:,} rows in {len(runs)} ID-sorted runs, "
+          f"{catalog.nrows:,} rows in the file)")
+    print(f"{'chunk rows':>11} {'ID scan':>8} {'read only':>10} {'bin only':>9} {'ideal':>7} "
           + " ".join(f"{name:>12}" for name in variants) + "   ratio serial/prefetch   peak MB (tracemalloc)")
     for chunk_size in chunk_sizes:
-        best = {name: np.inf for name in ("read only", "bin only", *variants)}
-        reference = None
+        best = {name: np.inf for name in ("ID scan", "read only", "bin only", *variants)}
         for _ in range(repeat):
+            seconds, runs = timed(lambda: id_runs(chunk_size))
+            best["ID scan"] = min(best["ID scan"], seconds)
             best["read only"] = min(best["read only"], timed(
-                lambda: sum(1 for _ in reads(SLICE, chunk_size, SLICE_ROW_MARGIN)))[0])
-            held = list(catalog.iter_slice_chunks(SLICE, chunk_size, margin=SLICE_ROW_MARGIN))
-            in_memory = ChunkSource(catalog, lambda *a: iter(held))
-            best["bin only"] = min(best["bin only"], timed(lambda: accumulate(0, chunk_size, in_memory))[0])
-            del held, in_memory
+                lambda: sum(1 for run in runs for _ in reads(SLICE, run, chunk_size)))[0])
+            held = [list(catalog.iter_run_pixels(SLICE, run, chunk_size)) for run in runs]
+            best["bin only"] = min(best["bin only"], timed(lambda: consume(
+                merged_mass_blocks([iter(pieces) for pieces in held], catalog.npix, _MASS_BLOCK), reference,
+                "bin only"))[0])
+            del held
             for name, depth in variants.items():
-                seconds, (mass, rows, _) = timed(lambda: accumulate(depth, chunk_size))
+                seconds, (_, rows) = timed(lambda: blocks(depth, chunk_size, len(runs), reference, name))
                 best[name] = min(best[name], seconds)
-                if reference is None:
-                    reference = mass
-                elif not np.array_equal(mass, reference):
-                    raise AssertionError(f"{name}: mass map differs from the serial one")
-            del mass
-        peaks = {name: traced_peak_mb(lambda: accumulate(depth, chunk_size)) for name, depth in variants.items()}
-        ideal = max(best["read only"], best["bin only"])
+                if rows != reference_rows:
+                    raise AssertionError(f"{name}: {rows} rows tallied, the reference run {reference_rows}")
+        peaks = {name: traced_peak_mb(lambda: blocks(depth, chunk_size, len(runs), reference, name))
+                 for name, depth in variants.items()}
+        ideal = best["ID scan"] + max(best["read only"], best["bin only"])
         ratios = " ".join(f"{best['serial'] / best[f'prefetch d{d}']:.2f}x(d{d})" for d in DEPTHS)
-        print(f"{chunk_size:>11,} {best['read only']:>9.3f}s {best['bin only']:>8.3f}s {ideal:>6.3f}s "
-              + " ".join(f"{best[name]:>11.3f}s" for name in variants) + f"   {ratios}   "
+        print(f"{chunk_size:>11,} {best['ID scan']:>7.3f}s {best['read only']:>9.3f}s {best['bin only']:>8.3f}s "
+              f"{ideal:>6.3f}s " + " ".join(f"{best[name]:>11.3f}s" for name in variants) + f"   {ratios}   "
               + " / ".join(f"{peaks[name]:.0f}" for name in variants))
 
 
