@@ -20,7 +20,7 @@ import numpy as np
 from astropy.io import fits
 
 from lensing_ssc.core.errors import InputError
-from lensing_ssc.io.atomic import atomic_output
+from lensing_ssc.io.atomic import atomic_output, start_writeback
 
 
 def _check_map_header(path: Path, header) -> None:
@@ -158,6 +158,8 @@ class MapRangeReader:
 
 # Pixels per block when write_nested_map streams an in-memory map (4-8 MiB converted at a time).
 _WRITE_BLOCK = 1 << 20
+# Bytes of a map written between two start_writeback calls (the kernel writes them out in the background).
+_WRITEBACK_BYTES = 32 << 20
 # healpy write_map stores a map of more than 1024 pixels as rows of 1024 (its default fits_IDL=True).
 _HEALPY_ROW = 1024
 # Stored types whose FITS bytes are the big-endian values (not bool: a FITS logical column stores 'T'/'F').
@@ -250,6 +252,8 @@ def nested_map_writer(path, nside: int, header: Optional[Iterable[Tuple[str, obj
                                      f"of nside {nside}")
                 if block.size:
                     stream.write(np.ascontiguousarray(block.astype(stored, copy=False)).view(np.uint8))
+                    if (written + block.size) * stored.itemsize // _WRITEBACK_BYTES > written * stored.itemsize // _WRITEBACK_BYTES:
+                        start_writeback(temporary)  # every _WRITEBACK_BYTES: the final fsync waits for less
                     written += block.size
 
             yield write

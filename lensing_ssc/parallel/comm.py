@@ -87,6 +87,16 @@ def root_then_bcast(comm: Comm, compute: Callable[[], Any]) -> Any:
     return outcome
 
 
+def raise_together(comm: Comm, failure: Optional[BaseException]) -> None:
+    """Every rank raises the first rank's failure, marked collective, when any rank has one (collective).
+
+    A failing rank raises its own exception (with its traceback), the others the first one received."""
+    outcomes = comm.allgather(failure) if comm.size > 1 else [failure]
+    failures = [f for f in outcomes if f is not None]
+    if failures:
+        raise mark_collective(failure if failure is not None else failures[0])
+
+
 def mark_collective(exc: BaseException) -> BaseException:
     """Mark an exception as raised on every rank together, so it needs no ``MPI_Abort``."""
     exc.collective = True

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 from mpi4py import MPI
 
-from lensing_ssc.parallel.comm import Comm, is_collective, mark_collective
+from lensing_ssc.parallel.comm import Comm, is_collective, raise_together
 
 
 class NodeSharedArray:
@@ -77,7 +77,7 @@ def node_shared_array(comm: Comm, shape: Sequence[int], dtype, fill: Callable[[n
     try:
         needed_on_node = node.any(needed)
         use_window = needed_on_node and node.size > 1
-        _raise_together(comm, _shm_shortage(nbytes, what) if use_window and node.is_root else None)
+        raise_together(comm, _shm_shortage(nbytes, what) if use_window and node.is_root else None)
         array = None
         if use_window:
             window = MPI.Win.Allocate_shared(nbytes if node.is_root else 0, dtype.itemsize, comm=node.mpi)
@@ -94,7 +94,7 @@ def node_shared_array(comm: Comm, shape: Sequence[int], dtype, fill: Callable[[n
                 failure = exc
             if window is not None:
                 window.Sync()
-        _raise_together(comm, failure)  # also the barrier between the fill and every read
+        raise_together(comm, failure)  # also the barrier between the fill and every read
         if window is not None and not node.is_root:
             window.Sync()
         owned = window.tomemory().nbytes if window is not None else (0 if array is None else array.nbytes)
@@ -118,16 +118,6 @@ def _shm_shortage(nbytes: int, what: str) -> Optional[MemoryError]:
         return None
     return MemoryError(f"{what}: a shared-memory window of {nbytes / 2 ** 30:.2f} GiB does not fit in {SHM_DIR} "
                        f"({free / 2 ** 30:.2f} GiB free on this node)")
-
-
-def _raise_together(comm: Comm, failure: Optional[BaseException]) -> None:
-    """Every rank raises the first rank's failure, marked collective, when any rank has one (collective).
-
-    A failing rank raises its own exception (with its traceback), the others the first one received."""
-    outcomes = comm.allgather(failure) if comm.size > 1 else [failure]
-    failures = [f for f in outcomes if f is not None]
-    if failures:
-        raise mark_collective(failure if failure is not None else failures[0])
 
 
 def _free(window: Optional["MPI.Win"], node: Comm, comm: Comm) -> None:

@@ -17,11 +17,15 @@ Maps are NESTED boolean arrays of shape (12 nside^2,). Angles: radians unless a 
 """
 from __future__ import annotations
 
+from typing import Callable, Tuple
+
 import healpy as hp
 import numpy as np
 
 from lensing_ssc.science.fibonacci import patch_footprint_vertices
 
+# (index, count): which blocks of the map a worker looks at when the work is shared (see observed_footprint_bits)
+Share = Tuple[int, int]
 # Pixels per block in the neighbour look-ups: 8 int64 neighbours per pixel -> 4 MiB per block.
 _NEIGHBOUR_BLOCK = 1 << 16
 
@@ -48,20 +52,23 @@ def count_bits(bits: np.ndarray) -> int:
     return int(np.bitwise_count(bits).sum(dtype=np.int64))
 
 
-def _bit_blocks(bits: np.ndarray, npix: int):
-    """(start, NESTED indices of the set pixels in [start, start + _NEIGHBOUR_BLOCK)) for every block."""
-    for start in range(0, npix, _NEIGHBOUR_BLOCK):
+def _bit_blocks(bits: np.ndarray, npix: int, share: Share):
+    """(start, NESTED indices of the set pixels in [start, start + _NEIGHBOUR_BLOCK)) for the blocks of
+    this share: block k belongs to share ``(k % count, count)``."""
+    index, count = share
+    for start in range(index * _NEIGHBOUR_BLOCK, npix, count * _NEIGHBOUR_BLOCK):
         stop = min(npix, start + _NEIGHBOUR_BLOCK)
         found = np.flatnonzero(np.unpackbits(bits[start // 8:(stop + 7) // 8], count=stop - start))
         if found.size:
             yield start, found + start
 
 
-def _where_all_neighbours_in(mask: np.ndarray, candidates: np.ndarray, npix: int) -> np.ndarray:
-    """Bits: the ``candidates`` whose 7 or 8 neighbours all lie in ``mask`` (both packed bits)."""
+def _where_all_neighbours_in(mask: np.ndarray, candidates: np.ndarray, npix: int, share: Share) -> np.ndarray:
+    """Bits: the ``candidates`` of this share's blocks whose 7 or 8 neighbours all lie in ``mask`` (both
+    packed bits)."""
     nside = hp.npix2nside(npix)
     result = np.zeros_like(mask)
-    for start, pixels in _bit_blocks(candidates, npix):
+    for start, pixels in _bit_blocks(candidates, npix, share):
         neighbours = hp.get_all_neighbours(nside, pixels, nest=True)  # (8, n), -1 where a pixel has 7
         keep = pixels[np.all((neighbours < 0) | _bits_at(mask, np.maximum(neighbours, 0)), axis=0)]
         block = np.zeros(min(_NEIGHBOUR_BLOCK, npix - start), dtype=bool)
@@ -71,27 +78,43 @@ def _where_all_neighbours_in(mask: np.ndarray, candidates: np.ndarray, npix: int
     return result
 
 
-def _neighbours_of(mask: np.ndarray, npix: int) -> np.ndarray:
-    """Bits: the NESTED neighbours of the pixels of ``mask`` (may include pixels of ``mask``).
+def _neighbours_of(mask: np.ndarray, npix: int, share: Share) -> np.ndarray:
+    """Bits: the NESTED neighbours of the pixels of ``mask`` in this share's blocks (may include pixels of
+    ``mask``).
 
     Set in a bit map rather than collected with ``np.unique``: on a random 20 % of the pixels at
     nside 512, numpy 2.4's hash-based unique made :func:`observed_footprint` take 14.6 s, a map 1.2 s.
     """
     nside = hp.npix2nside(npix)
     marked = np.zeros_like(mask)
-    for _, pixels in _bit_blocks(mask, npix):
+    for start, pixels in _bit_blocks(mask, npix, share):
         neighbours = hp.get_all_neighbours(nside, pixels, nest=True).ravel()
         neighbours = neighbours[neighbours >= 0]
-        np.bitwise_or.at(marked, neighbours >> 3, (np.uint8(128) >> (neighbours & 7).astype(np.uint8)))
+        # Most neighbours lie in the block itself (a NEST-aligned block is a square of the sphere):
+        # those are marked in a bool block, the few beyond its edge bit by bit.
+        block = np.zeros(min(_NEIGHBOUR_BLOCK, npix - start), dtype=bool)
+        local = neighbours - start
+        inside = (local >= 0) & (local < block.size)
+        block[local[inside]] = True
+        packed = np.packbits(block)
+        marked[start // 8:start // 8 + packed.size] |= packed
+        beyond = neighbours[~inside]
+        np.bitwise_or.at(marked, beyond >> 3, (np.uint8(128) >> (beyond & 7).astype(np.uint8)))
     return marked
 
 
-def observed_footprint_bits(reached: np.ndarray, npix: int) -> tuple[np.ndarray, int]:
+def observed_footprint_bits(reached: np.ndarray, npix: int, share: Share = (0, 1),
+                            combine: Callable[[np.ndarray], np.ndarray] = lambda bits: bits) -> tuple[np.ndarray, int]:
     """:func:`observed_footprint` on packed bits: ``reached`` uint8 (ceil(npix / 8),) as ``np.packbits``
     of the bool NESTED map of ``npix = 12 nside^2`` pixels; returns ``(observed bits, holes_filled)``.
 
     Neighbour look-ups run over the smaller of the reached and unreached sets, in 2^16-pixel blocks
     (a full sky costs nothing); memory: four bit maps (1/2 B per pixel) and the blocks.
+
+    Shared work: ``count`` workers (MPI ranks), each calling with the same ``reached`` and its own
+    ``share = (index, count)``, look up the neighbours of every count-th block only; ``combine(bits)``
+    must return the bitwise OR of ``bits`` over the workers (e.g. an MPI allreduce), and every worker
+    gets the whole result.
     """
     reached = np.asarray(reached)
     if reached.dtype != np.uint8 or reached.shape != ((npix + 7) // 8,) or not hp.isnpixok(npix):
@@ -112,19 +135,19 @@ def observed_footprint_bits(reached: np.ndarray, npix: int) -> tuple[np.ndarray,
     if npix - n_reached <= n_reached:
         candidates = unreached
     else:
-        candidates = _neighbours_of(reached, npix)
+        candidates = combine(_neighbours_of(reached, npix, share))
         candidates &= unreached
     del unreached
-    holes = _where_all_neighbours_in(reached, candidates, npix)
+    holes = combine(_where_all_neighbours_in(reached, candidates, npix, share))
     del candidates
     holes_filled = count_bits(holes)
     filled = reached | holes
     del holes
     n_inside = count_bits(filled)
     if n_inside <= npix - n_inside:
-        observed = _where_all_neighbours_in(filled, filled, npix)
+        observed = combine(_where_all_neighbours_in(filled, filled, npix, share))
     else:
-        observed = filled & complement(_neighbours_of(complement(filled), npix))
+        observed = filled & complement(combine(_neighbours_of(complement(filled), npix, share)))
     return observed, holes_filled
 
 

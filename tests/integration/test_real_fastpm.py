@@ -139,6 +139,26 @@ def test_fixture_footprint_is_the_cone(cone_chain):
     assert json.loads((sheets / "manifest.json").read_text())["footprint"]["observed_pixels"] == 1404
 
 
+@pytest.mark.parametrize("nranks", [2, 3])
+def test_fixture_footprint_and_sheets_on_more_ranks_are_the_same_files(cone_chain, tmp_path, nranks):
+    """The partial-sky QC shares its neighbour look-ups between the ranks (packed bits OR-ed by an
+    allreduce): the footprint file, the qc.json footprint record and the sheets equal the 1-rank ones."""
+    config = tmp_path / "preprocess.yaml"
+    config.write_text(yaml.safe_dump({
+        "data_dir": str(FIXTURE), "output_dir": str(tmp_path), "pipeline": {"memory_monitoring": False},
+        "preprocessing": {"sheet_range": [0, 100], "chunk_size": 200_000}, "cosmology": {"Om0": OMEGA_M}}))
+    result = run_cli(["preprocess", str(config)], nranks=nranks, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours, reference = tmp_path / "mass_sheets", cone_chain / "mass_sheets"
+    names = sorted(path.name for path in reference.glob("*.fits"))
+    assert "footprint.fits" in names and len(names) > 30
+    assert names == sorted(path.name for path in ours.glob("*.fits"))
+    for name in names:
+        assert (ours / name).read_bytes() == (reference / name).read_bytes(), name
+    footprints = [json.loads((directory / "qc.json").read_text())["footprint"] for directory in (ours, reference)]
+    assert footprints[0] == footprints[1] and footprints[0]["observed_pixels"] == 1404
+
+
 def test_fixture_kappa_is_zero_outside_and_masked_validation_agrees_with_limber(cone_chain):
     path = cone_chain / "kappa" / "kappa_zs0.5_s100.fits"
     kappa, header = read_nested_map(path)

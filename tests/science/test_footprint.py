@@ -1,9 +1,13 @@
 """Tests of lensing_ssc.science.footprint against geometry computed independently from pixel boundaries."""
+import threading
+
 import healpy as hp
 import numpy as np
 import pytest
 
-from lensing_ssc.science.footprint import observed_footprint, patches_inside_footprint, polygon_inside_footprint
+from lensing_ssc.science import footprint
+from lensing_ssc.science.footprint import (observed_footprint, observed_footprint_bits, patches_inside_footprint,
+                                           polygon_inside_footprint)
 
 NSIDE = 64
 AXIS = hp.ang2vec(np.radians(60.0), np.radians(30.0))
@@ -110,3 +114,40 @@ def test_patch_inside_a_cap_iff_its_vertices_are():
     np.testing.assert_array_equal(patches_inside_footprint(observed, theta, phi, side, margin_deg=1.0),
                                   patches_inside_footprint(observed, theta, phi, side + 2.0))
     assert not patches_inside_footprint(observed, theta[:1], phi[:1], side, margin_deg=radius)[0]
+
+
+def shared_footprints(reached, count):
+    """observed_footprint_bits run by ``count`` threads, each on its share of the blocks, their bit maps
+    OR-ed together at every combine step (as the MPI ranks of the preprocess QC do with an allreduce)."""
+    barrier, parts, results = threading.Barrier(count), [None] * count, [None] * count
+
+    def worker(index):
+        def combine(bits):
+            parts[index] = bits.copy()
+            barrier.wait()
+            total = np.bitwise_or.reduce(np.stack(parts))
+            barrier.wait()  # every worker has read the parts before they are overwritten
+            return total
+        results[index] = observed_footprint_bits(np.packbits(reached), reached.size, (index, count), combine)
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+@pytest.mark.parametrize("radius_deg", [10.0, 100.0])
+@pytest.mark.parametrize("count", [2, 3])
+def test_work_shared_between_workers_gives_the_serial_footprint(monkeypatch, radius_deg, count):
+    monkeypatch.setattr(footprint, "_NEIGHBOUR_BLOCK", 64)  # 768 blocks of 8 x 8 pixels at nside 64
+    touched, _ = cap_pixels(NSIDE, AXIS, radius_deg)
+    reached = as_mask(touched)
+    reached[np.random.default_rng(1).choice(reached.size, 40)] ^= True  # holes, and stray reached pixels
+    serial_bits, serial_holes = observed_footprint_bits(np.packbits(reached), reached.size)
+    for observed_bits, holes in shared_footprints(reached, count):
+        assert holes == serial_holes
+        np.testing.assert_array_equal(observed_bits, serial_bits)
+    alone = [observed_footprint_bits(np.packbits(reached), reached.size, (index, count))[0] for index in range(count)]
+    assert all(not np.array_equal(bits, serial_bits) for bits in alone)  # no share does all the work

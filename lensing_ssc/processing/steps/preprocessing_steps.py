@@ -64,7 +64,7 @@ from lensing_ssc.io.atomic import ensure_free_disk, write_json_atomic
 from lensing_ssc.io.prefetch import has_spare_core, prefetched
 from lensing_ssc.io.healpix_maps import read_header, read_nested_map, write_nested_map_blocks
 from lensing_ssc.io.usmesh import HEALPIX_DATASET, PARTICLE_DATASET, UsmeshCatalog, UsmeshError
-from lensing_ssc.parallel import get_comm, root_then_bcast
+from lensing_ssc.parallel import allreduce_or, get_comm, raise_together, root_then_bcast
 from lensing_ssc.processing.resources import check_memory_estimate
 from lensing_ssc.processing.runner import StageRunner, Task
 from lensing_ssc.processing.steps.base import BaseStep
@@ -749,15 +749,17 @@ def quality_control(config: ProcessingConfig, plan: PreprocessingPlan,
     return report
 
 
-def footprint_report(plan: PreprocessingPlan, reached: np.ndarray) -> Tuple[np.ndarray, Dict[str, object], List[str]]:
+def footprint_report(plan: PreprocessingPlan, reached: np.ndarray, share: Tuple[int, int] = (0, 1),
+                     combine=lambda bits: bits) -> Tuple[np.ndarray, Dict[str, object], List[str]]:
     """The observed footprint of the sheets from the pixels they reached (packed bits of the NESTED map,
-    uint8 (npix / 8,), as ``np.packbits``).
+    uint8 (npix / 8,), as ``np.packbits``); ``share`` and ``combine`` split the work between ranks, as
+    :func:`lensing_ssc.science.footprint.observed_footprint_bits` describes.
 
     Returns ``(observed packed bits, summary for qc.json and the manifest, warnings)``. The summary
     records the pixels reached, the isolated holes counted as observed, the observed pixels and sky
     fraction, and FastPM's ``lc_fov`` [deg] with the sky fraction of such a cone, when the ParamFile has it.
     """
-    observed, holes = observed_footprint_bits(reached, plan.npix)
+    observed, holes = observed_footprint_bits(reached, plan.npix, share, combine)
     count = count_bits(observed)
     summary: Dict[str, object] = {
         "file": FOOTPRINT_FILE, "nside": plan.nside, "ordering": "NESTED",
@@ -942,9 +944,11 @@ class MassSheetGenerationStep(BaseStep):
 
 
 class QualityControlStep(BaseStep):
-    """Quality control on rank 0 from the task bookkeeping; writes ``mass_sheets/footprint.fits`` (the
-    pixels reached by the sheets, OR-ed task by task, minus the light-cone edge) and ``mass_sheets/qc.json``
-    atomically. The reached bit maps stay on rank 0: only the scalar bookkeeping is broadcast."""
+    """Quality control from the task bookkeeping (collective): every rank loads its share of it, the
+    pixels the sheets reached are OR-ed over the ranks (packed bits), the footprint's neighbour look-ups
+    are shared out (``share``/``combine`` of :func:`footprint_report`), and rank 0 checks the scalar
+    bookkeeping and writes ``mass_sheets/footprint.fits`` (the reached pixels minus the light-cone edge)
+    and ``mass_sheets/qc.json`` atomically."""
 
     retryable = False
 
@@ -958,9 +962,12 @@ class QualityControlStep(BaseStep):
         if plan.up_to_date:
             return {**data, "books": None, "qc_status": None, "footprint": None}
 
-        def run():
-            books, reached = {}, np.zeros((plan.npix + 7) // 8, dtype=np.uint8)
-            for task in data["tasks"]:
+        comm = get_comm()
+        # Every rank loads the bookkeeping of its share of the sheets; the pixels they reached are OR-ed
+        # over the ranks, which then share the footprint's neighbour look-ups (science/footprint.py).
+        books, reached, failure = {}, np.zeros((plan.npix + 7) // 8, dtype=np.uint8), None
+        try:
+            for task in data["tasks"][comm.rank::comm.size]:
                 book = dict(runner.load(task))
                 packed = book.pop("reached", None)
                 if packed is None:  # a checkpoint of an older version: read the sheet file
@@ -970,14 +977,23 @@ class QualityControlStep(BaseStep):
                                           "rerun the stage with --restart")
                 reached |= packed
                 books[task.task_id] = book
+        except Exception as exc:  # raised on every rank below
+            failure = exc
+        raise_together(comm, failure)
+        allreduce_or(reached, comm)
+        observed, footprint, footprint_warnings = footprint_report(
+            plan, reached, share=(comm.rank, comm.size), combine=lambda bits: allreduce_or(bits, comm))
+        shares = comm.gather(books)
+
+        def run():
+            books = {task_id: book for share in shares for task_id, book in share.items()}
             report = quality_control(config, plan, books)
-            observed, footprint, warnings = footprint_report(plan, reached)
             write_footprint(path.parent / FOOTPRINT_FILE, plan, observed, footprint)
             report["footprint"] = footprint
-            if warnings:
-                report["warnings"] = report.get("warnings", []) + warnings
+            if footprint_warnings:
+                report["warnings"] = report.get("warnings", []) + footprint_warnings
                 report["status"] = "warnings" if report["status"] == "ok" else report["status"]
-                for warning in warnings:
+                for warning in footprint_warnings:
                     log.warning("preprocess QC: %s", warning)
             log.info("preprocess: footprint %s: %d observed pixels of %d (fsky %.4g)", FOOTPRINT_FILE,
                      footprint["observed_pixels"], plan.npix, footprint["fsky"])
@@ -991,7 +1007,7 @@ class QualityControlStep(BaseStep):
                      len(plan.sheets), report.get("totals", {}).get("conservation_rel_error", float("nan")))
             return books, report["status"], footprint
 
-        books, status, footprint = root_then_bcast(get_comm(), run)
+        books, status, footprint = root_then_bcast(comm, run)
         return {**data, "books": books, "qc_status": status, "footprint": footprint}
 
 
