@@ -1,5 +1,7 @@
 """Writing NESTED maps block by block in healpy's bytes, and reading them by pixel range straight from the
 file (MapRangeReader), against astropy/healpy."""
+import os
+
 import healpy as hp
 import numpy as np
 import pytest
@@ -167,3 +169,25 @@ def test_late_cards_give_the_bytes_of_the_final_header(tmp_path):
     with pytest.raises(ValueError, match=r"cannot replace header card NOPE: found 0 card"):
         write_nested_map_blocks(tmp_path / "bad.fits", [values], 8, cards, late_cards=lambda: [("NOPE", 1.0, "")])
     assert not (tmp_path / "bad.fits").exists()
+
+
+def test_a_streamed_map_asks_for_writeback_every_32_mib(tmp_path, monkeypatch):
+    """sync_file_range(SYNC_FILE_RANGE_WRITE) on the temporary file after every 32 MiB of pixels, so the
+    closing fsync finds most pages written; the bytes are those of healpy as always."""
+    from lensing_ssc.io import atomic, healpix_maps
+    calls = []
+
+    def recorder(fd, offset, nbytes, flags):
+        calls.append((os.readlink(f"/proc/self/fd/{fd}"), offset, nbytes, flags, os.fstat(fd).st_size))
+        return 0
+
+    monkeypatch.setattr(atomic, "_sync_file_range", lambda: recorder)
+    monkeypatch.setattr(healpix_maps, "_WRITEBACK_BYTES", 1 << 16)  # every 16384 float32 pixels
+    path = tmp_path / "map.fits"
+    values = np.arange(12 * 64**2, dtype=np.float32)  # 196608 B of pixels: 3 writebacks
+    write_nested_map_blocks(path, (values[i:i + 5000] for i in range(0, values.size, 5000)), 64)
+    assert [call[0] for call in calls] == [str(path) + ".inprogress"] * 3
+    assert all(call[1:4] == (0, 0, atomic._SYNC_FILE_RANGE_WRITE) for call in calls)
+    assert [call[4] >= (k + 1) << 16 for k, call in enumerate(calls)] == [True] * 3  # after the bytes
+    np.testing.assert_array_equal(read_nested_map(path)[0], values)
+    atomic.start_writeback(tmp_path / "missing")  # a failure to start writeback is not an error

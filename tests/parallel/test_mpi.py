@@ -11,8 +11,8 @@ import pytest
 from mpi4py import MPI
 
 from lensing_ssc.core.errors import ConfigError
-from lensing_ssc.parallel import (StopAgreement, allreduce_sum, get_comm, is_collective, reduce_sum_to_root,
-                                  root_then_bcast)
+from lensing_ssc.parallel import (StopAgreement, allreduce_or, allreduce_sum, get_comm, is_collective,
+                                  raise_together, reduce_sum_to_root, root_then_bcast)
 from lensing_ssc.parallel.stop import STOP_TAG
 
 pytestmark = pytest.mark.mpi
@@ -49,6 +49,26 @@ def test_allreduce_sum_chunked_equals_plain_sum(shape, dtype, max_elements):
     result = allreduce_sum(array, comm, max_elements=max_elements)
     assert result is array  # in place
     assert_sum_equal(array, expected_sum(comm.size, shape, dtype), dtype)
+
+
+@pytest.mark.parametrize("max_elements", [7, 2 ** 30])
+def test_allreduce_or_of_packed_bits_equals_numpy_or(max_elements):
+    comm = get_comm()
+    bits = [np.packbits(np.random.default_rng(50 + rank).random(181) < 0.2) for rank in range(comm.size)]
+    array = bits[comm.rank].copy()
+    assert allreduce_or(array, comm, max_elements=max_elements) is array  # in place
+    np.testing.assert_array_equal(array, np.bitwise_or.reduce(np.stack(bits)))
+    if comm.size > 1:
+        assert not np.array_equal(array, bits[comm.rank])
+
+
+def test_raise_together_raises_one_ranks_failure_everywhere():
+    comm = get_comm()
+    raise_together(comm, None)  # nobody failed: no exception
+    failure = ConfigError(f"rank {comm.rank} failed") if comm.rank == comm.size - 1 else None
+    with pytest.raises(ConfigError, match=f"rank {comm.size - 1} failed") as raised:
+        raise_together(comm, failure)
+    assert is_collective(raised.value)
 
 
 @pytest.mark.parametrize("root_choice", ["first", "last"])
