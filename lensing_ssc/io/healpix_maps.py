@@ -252,7 +252,8 @@ def nested_map_writer(path, nside: int, header: Optional[Iterable[Tuple[str, obj
                                      f"of nside {nside}")
                 if block.size:
                     stream.write(np.ascontiguousarray(block.astype(stored, copy=False)).view(np.uint8))
-                    if (written + block.size) * stored.itemsize // _WRITEBACK_BYTES > written * stored.itemsize // _WRITEBACK_BYTES:
+                    before, after = written * stored.itemsize, (written + block.size) * stored.itemsize
+                    if after // _WRITEBACK_BYTES > before // _WRITEBACK_BYTES:
                         start_writeback(temporary)  # every _WRITEBACK_BYTES: the final fsync waits for less
                     written += block.size
 

@@ -101,7 +101,7 @@ def test_disk_full_during_the_write_names_the_results_file_and_leaves_no_partial
 def test_no_room_for_the_datasets_is_refused_before_writing(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic, "free_bytes", lambda directory: 20)  # the datasets need 3 x 8 + 4 x 4 bytes
     final = tmp_path / "stats" / "r.h5"
-    with pytest.raises(ResourceError, match=rf"the results file r.h5 needs about 0.0 MiB but only 0.0 MiB are free"):
+    with pytest.raises(ResourceError, match=r"the results file r.h5 needs about 0.0 MiB but only 0.0 MiB are free"):
         write_small_file(final)
     assert list(final.parent.iterdir()) == []
     monkeypatch.setattr(atomic, "free_bytes", lambda directory: 40)

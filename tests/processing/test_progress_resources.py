@@ -2,7 +2,6 @@
 import logging
 import types
 
-import numpy as np
 import psutil
 import pytest
 

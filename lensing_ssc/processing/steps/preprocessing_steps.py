@@ -45,14 +45,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import itertools
 import json
 import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -391,9 +390,10 @@ def sheet_mass_blocks(catalog: UsmeshCatalog, index: int, chunk_size: int, tally
     ``_MASS_BLOCK`` pixels (the last one shorter); ``tally`` counts the rows as they are binned.
 
     HEALPIX rows in at most ``MAX_SORTED_RUNS`` ID-sorted runs (FastPM's layout): the runs are merged block
-    by block (:func:`lensing_ssc.science.sorted_runs.merged_mass_blocks`), so a rank holds one block and one
-    chunk of rows per run, never a full-sky map. Particles (no pixel order) and HEALPIX rows in no ID order:
-    the whole map is accumulated first (:func:`accumulate_sheet_mass`) and handed out block by block.
+    by block (:func:`lensing_ssc.science.sorted_runs.merged_mass_blocks`), so a rank holds one block and the
+    chunk of rows being binned per run (plus the next one read ahead when a core is spare), never a
+    full-sky map. Particles (no pixel order) and HEALPIX rows in no ID order: the whole map is accumulated
+    first (:func:`accumulate_sheet_mass`) and handed out block by block.
     """
     if catalog.dataset == HEALPIX_DATASET:
         runs = catalog.sorted_id_runs(index, chunk_size, margin=SLICE_ROW_MARGIN, max_runs=MAX_SORTED_RUNS)
