@@ -57,15 +57,20 @@ def start_writeback(path) -> None:
     ``sync_file_range(SYNC_FILE_RANGE_WRITE)``; a no-op elsewhere or on failure). A writer that streams
     a large file calls it as it goes, so that the closing fsync of :func:`commit` finds most pages
     already written while the writer was computing the next ones, instead of blocking on all of them."""
-    function = _sync_file_range()
-    if function is None:
-        return
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
-            function(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+            start_writeback_fd(fd)
         finally:
             os.close(fd)
+
+
+def start_writeback_fd(fd: int, offset: int = 0, nbytes: int = 0) -> None:
+    """:func:`start_writeback` of the bytes ``[offset, offset + nbytes)`` of the open file ``fd`` (``nbytes``
+    0: to the end of the file)."""
+    function = _sync_file_range()
+    if function is not None:
+        function(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)  # its errors are ignored, as a hint's should be
 
 
 def commit(temporary, final) -> None:
@@ -100,7 +105,8 @@ def disk_full_error(path, exc: OSError) -> ResourceError:
 def guarded_write(final_path, temporary):
     """Around the writing of ``temporary`` (to be renamed ``final_path``): an OSError of a full disk or
     quota (errno ENOSPC/EDQUOT, or no errno with under NEARLY_FULL_BYTES free) is re-raised as
-    :func:`disk_full_error` naming ``final_path``; on any error ``temporary`` is removed."""
+    :func:`disk_full_error` naming ``final_path``; on any error ``temporary`` is removed (None: a file
+    written in parts by several processes, which is kept)."""
     final_path = Path(final_path)
     try:
         try:
@@ -110,8 +116,9 @@ def guarded_write(final_path, temporary):
                 raise disk_full_error(final_path, exc) from exc
             raise
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            Path(temporary).unlink()
+        if temporary is not None:
+            with contextlib.suppress(FileNotFoundError):
+                Path(temporary).unlink()
         raise
 
 

@@ -3,12 +3,15 @@
 Layout under ``{checkpoint_dir}/{stage}/``::
 
     manifest.json          science-config hash, package version, input identity
-    rank00000.json ...     per-rank ledger: task id -> {file, sha256}
+    rank00000.json ...     per-rank ledger: task id -> {file, sha256} or {record}
     merged.json            ledger entries of earlier runs, merged by rank 0 at start-up
     tasks/{task}.npz       partial result of one task (compressed if compress_checkpoints)
 
 A task counts as done only if a ledger lists it AND its npz exists with the recorded checksum; a
-corrupt or truncated ledger is ignored with a warning (its tasks are redone). No pickle anywhere.
+corrupt or truncated ledger is ignored with a warning (its tasks are redone). A task that stored its
+result itself (the kappa stage writes straight into its partial maps) has a ledger *record* instead
+of a file, which the stage checks against what it stored (``completed_tasks(verify_record)``). No
+pickle anywhere.
 """
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ import hashlib
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Mapping
+from typing import Callable, Dict, Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -41,6 +45,14 @@ def file_sha256(path) -> str:
 def task_key(task_id) -> str:
     """Stable string key of a task id (ints are zero-padded so files sort in task order)."""
     return f"{task_id:08d}" if isinstance(task_id, (int, np.integer)) else str(task_id)
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What a task returns when it has stored its result itself: JSON-safe values for its ledger entry
+    (e.g. a checksum of the bytes it wrote), checked by the stage on resume."""
+
+    values: Dict[str, object]
 
 
 class CheckpointStore:
@@ -93,8 +105,10 @@ class CheckpointStore:
             return []
         return sorted(self.directory.glob("rank*.json")) + [p for p in [self.directory / "merged.json"] if p.exists()]
 
-    def completed_tasks(self) -> Dict[str, Dict[str, str]]:
-        """Rank 0: union of all ledgers, keeping only entries whose npz exists with its checksum."""
+    def completed_tasks(self, verify_record: Optional[Callable[[str, Mapping], bool]] = None
+                        ) -> Dict[str, Dict[str, str]]:
+        """Rank 0: union of all ledgers, keeping only entries whose npz exists with its checksum, and
+        record entries for which ``verify_record(task key, record)`` is True (none without it)."""
         merged: Dict[str, Dict[str, str]] = {}
         for ledger_path in self._ledger_files():
             try:
@@ -108,6 +122,13 @@ class CheckpointStore:
             merged.update(entries)
         verified = {}
         for key, entry in merged.items():
+            if "record" in entry:
+                if verify_record is not None and verify_record(key, entry["record"]):
+                    verified[key] = entry
+                else:
+                    log.warning("%s: task %s does not match its checkpoint record (its stored result is "
+                                "missing or changed); it will be redone", self.directory, key)
+                continue
             path = self.tasks_dir / entry.get("file", "")
             if path.is_file() and file_sha256(path) == entry.get("sha256"):
                 verified[key] = entry
@@ -135,7 +156,14 @@ class CheckpointStore:
         with atomic_output(final) as temporary:
             with open(temporary, "wb") as handle:
                 (np.savez_compressed if self.compress else np.savez)(handle, **arrays)
-        self._ledger[task_key(task_id)] = {"file": name, "sha256": file_sha256(final)}
+        self._add_entry(task_id, {"file": name, "sha256": file_sha256(final)}, interval)
+
+    def save_record(self, task_id, record: TaskRecord, interval: int) -> None:
+        """Mark done a task that stored its result itself, with its record; flush as :meth:`save_task`."""
+        self._add_entry(task_id, {"record": dict(record.values)}, interval)
+
+    def _add_entry(self, task_id, entry: Dict[str, object], interval: int) -> None:
+        self._ledger[task_key(task_id)] = entry
         self._unsaved += 1
         if self._unsaved >= interval:
             self.flush()

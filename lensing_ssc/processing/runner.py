@@ -12,14 +12,14 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from lensing_ssc.core.config import ProcessingConfig
 from lensing_ssc.core.errors import CheckpointedExit
 from lensing_ssc.parallel import Comm, StopAgreement, get_comm, mark_collective, root_then_bcast, split_by_cost
-from lensing_ssc.processing.checkpoint import CheckpointStore, task_key
+from lensing_ssc.processing.checkpoint import CheckpointStore, TaskRecord, task_key
 from lensing_ssc.processing.interrupts import StopConditions
 from lensing_ssc.processing.progress import Progress
 from lensing_ssc.processing.resources import ResourceMonitor, format_rank_table
@@ -66,10 +66,16 @@ class StageRunner:
                                      compress=config.compress_checkpoints)
         self.started = started if started is not None else self.comm.bcast(time.time())
 
-    def run(self, tasks: Sequence[Task], process_task: Callable[[Task], Mapping[str, np.ndarray]],
+    def run(self, tasks: Sequence[Task],
+            process_task: Callable[[Task], Union[Mapping[str, np.ndarray], TaskRecord]],
             input_identity: Mapping[str, Any],
-            around_tasks: Optional[Callable[[Sequence[Task]], ContextManager]] = None) -> StageReport:
+            around_tasks: Optional[Callable[[Sequence[Task]], ContextManager]] = None,
+            verify_record: Optional[Callable[[str, Mapping], bool]] = None) -> StageReport:
         """Process every task not yet checkpointed (collective). Raises CheckpointedExit on a stop.
+
+        ``process_task`` returns the task's arrays (stored as its checkpoint) or, for a task that stored
+        its result itself, a :class:`TaskRecord` kept in the ledger; ``verify_record(task key, record)``
+        then says on resume whether that result is still there and intact.
 
         ``around_tasks(mine)``, if given, is entered on every rank with the rank's own tasks (possibly
         none) after the split and left after the stop agreement: the place for collective set-up the
@@ -79,7 +85,7 @@ class StageRunner:
 
         def plan():
             self.store.check_manifest(config.science_hash(), input_identity, config.pipeline.resume)
-            done = self.store.completed_tasks()
+            done = self.store.completed_tasks(verify_record)
             self.store.consolidate(done)
             return sorted(done)
 
@@ -107,7 +113,10 @@ class StageRunner:
                 result, retries = call_with_retries(
                     lambda: process_task(task), config.max_retries, config.pipeline.retry_backoff_s,
                     what=f"{self.stage} task {task.task_id} on rank {self.comm.rank}")
-                self.store.save_task(task.task_id, result, config.checkpoint_interval)
+                if isinstance(result, TaskRecord):
+                    self.store.save_record(task.task_id, result, config.checkpoint_interval)
+                else:
+                    self.store.save_task(task.task_id, result, config.checkpoint_interval)
                 longest_task_s = max(longest_task_s, time.monotonic() - task_began)
                 local["done"] += 1
                 local["retried"] += retries

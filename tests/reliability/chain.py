@@ -47,8 +47,9 @@ class StageLayout:
 STAGES = {
     # task: (its sheet FITS, unless an earlier run wrote it,) npz, ledger; then qc.json, manifest.json
     "preprocess": StageLayout(None, "checkpoints/preprocess", "mass_sheets/manifest.json", 2, 2),
-    # task: npz, ledger; then the kappa map (validation.json follows it)
-    "kappa": StageLayout("mass_sheets", "checkpoints/kappa", f"kappa/kappa_zs1.0_s{SEED}.fits", 2, 1),
+    # task: ledger (the pixels go straight into the partial map); then the kappa map (validation.json
+    # follows it)
+    "kappa": StageLayout("mass_sheets", "checkpoints/kappa", f"kappa/kappa_zs1.0_s{SEED}.fits", 1, 1),
     # task: npz, ledger; then the results file
     "analyze": StageLayout("kappa", f"checkpoints/analyze/{STATS_STEM}", f"stats/{STATS_STEM}.h5", 2, 1),
 }

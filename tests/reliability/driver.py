@@ -20,6 +20,7 @@ from lensing_ssc.cli import main
 from lensing_ssc.io import atomic, results
 from lensing_ssc.parallel import get_comm
 from lensing_ssc.plugins import register_pipeline_plugin
+from lensing_ssc.processing.steps import kappa_steps
 
 COMMIT_DELAY_ENV = "LSSC_TEST_COMMIT_DELAY_S"
 REPORT_EXIT_ENV = "LSSC_TEST_REPORT_EXIT"
@@ -48,6 +49,7 @@ def slow_down_commits(delay_s: float) -> None:
 
     atomic.commit = slow_commit   # used by atomic_output, write_json_atomic (checkpoints, maps, reports)
     results.commit = slow_commit  # imported by name by the results-file writer
+    kappa_steps.commit = slow_commit  # and by the kappa stage, which renames its partial maps
 
 
 if __name__ == "__main__":  # registered here, so that importing the constants above changes nothing

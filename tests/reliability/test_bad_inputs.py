@@ -31,6 +31,7 @@ from chain import SEED, STATS_STEM, TINY_CHAIN, write_chain_config
 from driver import REPORT_EXIT_ENV
 from job_control import driver, run_job
 from lensing_ssc.cli import main
+from lensing_ssc.io.healpix_maps import MapRangeWriter
 
 FINAL_SUFFIXES = (".fits", ".h5", ".png", ".inprogress")
 FINAL_NAMES = ("manifest.json", "lensing_ssc_mock.json")
@@ -320,7 +321,7 @@ def test_full_disk_while_writing_the_kappa_map(reference, tmp_path, capsys, rest
     config = reference.workspace("kappa", tmp_path)
     before = files(tmp_path)
     writes = []
-    monkeypatch.setattr(fits.StreamingHDU, "write", lambda self, data: (writes.append(1), no_space()))
+    monkeypatch.setattr(MapRangeWriter, "write", lambda self, start, values: (writes.append(1), no_space()))
     assert main(["kappa", str(config)]) == 3
     assert_one_error_line(capsys.readouterr().err, full_disk_line(kappa_map(tmp_path)))
     assert writes == [1]  # not retried

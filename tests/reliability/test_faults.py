@@ -7,7 +7,8 @@ the uninterrupted one-rank reference (identical FITS data bytes and headers, ide
 * SIGTERM to the ranks / SIGUSR1 to mpiexec: exit 75 at a task boundary, then resume on 2 -> 1,
   1 -> 3 and 2 -> 2 ranks.
 * A truncated ledger, a truncated task npz and a well-formed npz with wrong values in a real stage's
-  checkpoint directory: detected, those tasks redone.
+  checkpoint directory, and changed pixels of a checkpointed task in a partial kappa map: detected,
+  those tasks redone.
 * One rank raising mid-stage: the job ends, non-zero, within 30 s.
 
 The jobs run through tests/reliability/driver.py, which slows every atomic commit down by
@@ -30,6 +31,8 @@ from chain import STAGES
 from driver import COMMIT_DELAY_ENV, FAILING_PLUGIN
 from job_control import Job, driver, run_job
 from outputs import final_outputs, output_differences
+from lensing_ssc.io.atomic import inprogress_path
+from lensing_ssc.io.healpix_maps import read_header_and_layout
 
 COMMIT_DELAY_S = 0.05
 SLOW = {COMMIT_DELAY_ENV: str(COMMIT_DELAY_S)}
@@ -40,8 +43,15 @@ STOP_EXIT_CODE = 75
 
 
 def checkpointed(output, stage) -> int:
-    """Task results (npz) currently in the stage's checkpoint directory."""
-    return len(list((output / STAGES[stage].checkpoints / "tasks").glob("*.npz")))
+    """Tasks the stage's ledgers (rank files and merged.json, each replaced atomically) list as done."""
+    directory = output / STAGES[stage].checkpoints
+    done = set()
+    for path in [*directory.glob("rank*.json"), directory / "merged.json"]:
+        try:
+            done.update(json.loads(path.read_text())["tasks"])
+        except (FileNotFoundError, ValueError, KeyError):  # not there (yet), or gone since the glob
+            continue
+    return len(done)
 
 
 def wait_until(condition, job, timeout=60.0):
@@ -188,31 +198,64 @@ def ledger_tasks(path):
     return json.loads(path.read_text())["tasks"] if path.exists() else {}
 
 
-def test_corrupt_ledger_and_task_files_are_detected_and_redone(reference, tmp_path):
-    """A 2-rank run stopped with SIGTERM leaves rank00000.json and rank00001.json. Then rank 1's ledger is
-    truncated, one of rank 0's task npz truncated and another replaced by a well-formed npz with other
-    values (only its checksum tells): the one-rank rerun trusts none of them and redoes those tasks."""
-    output = tmp_path / "out"
-    config = reference.workspace("kappa", output)
-    directory = output / STAGES["kappa"].checkpoints
+def stopped_after_two_tasks_per_rank(stage, config, output, log_dir):
+    """Run ``stage`` on 2 ranks until each rank's ledger lists 2 tasks, stop it with SIGTERM (exit 75);
+    returns the two rank ledgers' paths."""
+    directory = output / STAGES[stage].checkpoints
     ledgers = [directory / f"rank{rank:05d}.json" for rank in (0, 1)]
-    job = Job(driver("kappa", config), 2, tmp_path / "logs", SLOW)
+    job = Job(driver(stage, config), 2, log_dir, SLOW)
     assert wait_until(lambda: all(len(ledger_tasks(path)) >= 2 for path in ledgers), job)
     job.signal_ranks(signal.SIGTERM)
     assert job.wait(timeout=60).returncode == STOP_EXIT_CODE
+    return ledgers
+
+
+def test_corrupt_ledger_and_task_files_are_detected_and_redone(reference, tmp_path):
+    """A 2-rank analyze run stopped with SIGTERM leaves rank00000.json and rank00001.json. Then rank 1's
+    ledger is truncated, one of rank 0's task npz truncated and another replaced by a well-formed npz
+    with other values (only its checksum tells): the one-rank rerun trusts none of them and redoes those
+    tasks."""
+    output = tmp_path / "out"
+    config = reference.workspace("analyze", output)
+    ledgers = stopped_after_two_tasks_per_rank("analyze", config, output, tmp_path / "logs")
     trusted = ledger_tasks(ledgers[0])
     ledgers[1].write_text(ledgers[1].read_text()[: len(ledgers[1].read_text()) // 2])
-    truncated, replaced = (directory / "tasks" / trusted[key]["file"] for key in sorted(trusted)[:2])
+    tasks_dir = output / STAGES["analyze"].checkpoints / "tasks"
+    truncated, replaced = (tasks_dir / trusted[key]["file"] for key in sorted(trusted)[:2])
     truncated.write_bytes(truncated.read_bytes()[:100])
     with np.load(replaced) as stored:
         zeros = {name: np.zeros_like(stored[name]) for name in stored.files}
     np.savez(replaced, **zeros)
 
-    resumed = resume("kappa", config, 1, tmp_path / "logs")
+    resumed = resume("analyze", config, 1, tmp_path / "logs")
     assert f"{ledgers[1]}: corrupt checkpoint ledger" in resumed.stderr
     for path in (truncated, replaced):
         assert f"{path}: checkpoint of task" in resumed.stderr
     assert tasks_skipped(resumed.stderr) == len(trusted) - 2
+    assert_same_as_reference(reference, output, "analyze")
+
+
+def test_changed_kappa_pixels_of_a_checkpointed_task_are_detected_and_redone(reference, tmp_path):
+    """The kappa stage writes each task's pixels straight into the partial map and checkpoints their
+    CRC-32. After a 2-rank run stopped with SIGTERM, the pixels of one of rank 0's tasks are changed in
+    the partial map (as a crash of the machine could leave them): the one-rank rerun redoes that task
+    only and gives the reference map."""
+    output = tmp_path / "out"
+    config = reference.workspace("kappa", output)
+    ledgers = stopped_after_two_tasks_per_rank("kappa", config, output, tmp_path / "logs")
+    done_before = checkpointed(output, "kappa")
+    changed = sorted(ledger_tasks(ledgers[0]))[0]
+    manifest = json.loads((output / STAGES["kappa"].checkpoints / "manifest.json").read_text())
+    pixels = manifest["input"]["pixels_per_task"]
+    partial = inprogress_path(output / STAGES["kappa"].done_marker)
+    layout = read_header_and_layout(partial)[1]
+    with open(partial, "r+b") as handle:
+        handle.seek(layout.data_offset + int(changed) * pixels * 4)
+        handle.write(np.full(pixels, 0.5, dtype=">f4").tobytes())
+
+    resumed = resume("kappa", config, 1, tmp_path / "logs")
+    assert f"task {changed} does not match its checkpoint record" in resumed.stderr
+    assert tasks_skipped(resumed.stderr) == done_before - 1
     assert_same_as_reference(reference, output, "kappa")
 
 

@@ -3,18 +3,22 @@
     KappaInputsStep      rank 0 reads every sheet header once, checks them, computes the Born weights
                          of all (source, sheet) pairs, the seed and the output names; broadcasts a KappaPlan
     BornSumStep          tasks = fixed NESTED pixel ranges; a task reads its range of every weighted
-                         sheet once and accumulates all source redshifts in the same pass
-    WriteKappaMapsStep   rank 0 streams the maps side by side from the task checkpoints (each read
-                         once) into their files, atomically
+                         sheet once, accumulates all source redshifts in the same pass and writes the
+                         range straight into the maps' partial files (``*.fits.inprogress``)
+    WriteKappaMapsStep   rank 0 renames the complete partial files into place
     KappaValidationStep  optional: measured C_ell of each map (masked to the footprint) against a Limber
                          prediction
 
 Decomposition and checkpoints (DESIGN.md §5-6): a task is one range of ``pixels_per_task`` consecutive
 NESTED pixels (a whole NESTED sub-tree) through *all* sheets; its result, the float32 kappa of every
-source over the range, is the task's checkpoint. The range size depends only on nside, so task ids are
-stable across restarts on any rank count and a rank holds one range at a time (its memory does not grow
-with the map). Every pixel is summed in float64 over the sheets in ascending sheet index and cast to
-float32 once, so the maps are the same bytes whatever the number of ranks or tasks.
+source over the range, goes straight to its place in the maps' partial files (``pwrite``; rank 0 made
+the files at their final size, every pixel 0), and the task's checkpoint is a ledger record of the
+CRC-32 of those bytes: a resumed run keeps the partial files and redoes the tasks whose bytes do not
+match. So every kappa byte is written once, by the rank that computed it, and nothing is read back
+except on resume. The range size depends only on nside, so task ids are stable across restarts on any
+rank count and a rank holds one range at a time (its memory does not grow with the map). Every pixel
+is summed in float64 over the sheets and cast to float32 once, so the maps are the same bytes whatever
+the number of ranks or tasks.
 
 Partial sky: when ``mass_sheets/footprint.fits`` (written by the preprocess stage) says the light cone
 covers only part of the sky, kappa is set to 0 outside it (not UNSEEN: the patch projector's cubic
@@ -31,6 +35,7 @@ import math
 import os
 import re
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -41,15 +46,16 @@ from threadpoolctl import threadpool_limits
 
 from lensing_ssc import __version__
 from lensing_ssc.core.cosmology import check_against_header, make_cosmology
-from lensing_ssc.core.errors import ConfigError, InputError
-from lensing_ssc.io.atomic import atomic_output, ensure_free_disk, write_json_atomic
-from lensing_ssc.io.healpix_maps import (MapLayout, MapRangeReader, nested_map_writer, read_header,
-                                        read_header_and_layout, read_nested_map, read_nested_range)
+from lensing_ssc.core.errors import ConfigError, InputError, ResourceError
+from lensing_ssc.io.atomic import (atomic_output, commit, ensure_free_disk, guarded_write, inprogress_path,
+                                   write_json_atomic)
+from lensing_ssc.io.healpix_maps import (MapLayout, MapRangeReader, MapRangeWriter, allocate_nested_map,
+                                        read_header, read_header_and_layout, read_nested_map)
 from lensing_ssc.io.prefetch import has_spare_core, prefetched
 from lensing_ssc.io.usmesh import UsmeshCatalog, UsmeshError
 from lensing_ssc.parallel import root_then_bcast
 from lensing_ssc.processing.resources import check_memory_estimate
-from lensing_ssc.processing.checkpoint import CheckpointStore
+from lensing_ssc.processing.checkpoint import CheckpointStore, TaskRecord
 from lensing_ssc.processing.runner import StageRunner, Task
 from lensing_ssc.processing.steps.base import BaseStep
 from lensing_ssc.processing.steps.preprocessing_steps import FOOTPRINT_FILE
@@ -146,6 +152,10 @@ class KappaPlan:
         return {"nside": self.nside, "seed": self.seed, "pixels_per_task": self.pixels_per_task,
                 "sheets": [[s.index, s.a_far, s.a_near, s.size, s.mtime_ns] for s in self.sheets],
                 "footprint": self.footprint_identity()}
+
+    def partial_paths(self) -> List[Path]:
+        """The maps being filled by the Born sums: ``kappa_zs{zs}_s{seed}.fits.inprogress``."""
+        return [inprogress_path(path) for path in self.outputs]
 
     def used(self, k: int) -> np.ndarray:
         """Positions (into ``sheets``) of the sheets with non-zero weight for source ``k``."""
@@ -287,7 +297,13 @@ def is_current(path: Path, expected_cards, newest_input_ns: int) -> bool:
         header = read_header(path)
     except (OSError, InputError):
         return False
-    for key, value, _ in expected_cards[:5]:
+    return cards_match(header, expected_cards[:5])
+
+
+def cards_match(header: Dict[str, object], cards) -> bool:
+    """True if ``header`` has every card (key, value, comment) of ``cards`` with that value (floats to
+    1e-12 relative: the FITS text of a float need not give back the last bit)."""
+    for key, value, _ in cards:
         if key not in header:
             return False
         found = header[key]
@@ -391,15 +407,13 @@ def build_plan(config) -> KappaPlan:
 
 
 def estimate_memory_mb(nside: int, n_sources: int, n_sheets: int) -> float:
-    """Peak MiB per rank of the dominant arrays: a task (float64 sums, float32 result and footprint
-    of its pixels, plus a block of every sheet as stored float32 and in BLOCK_BUFFERS float64 matrices), or on the rank
-    that writes the maps, which streams them task by task: one task's result (all sources, float32) and
-    two copies of one source's range inside the writer (big-endian, then the bytes astropy writes)."""
+    """Peak MiB per rank of the dominant arrays of a task: its float64 sums of every source (8 B per
+    pixel and source), the footprint range (float32 and its mask, 5 B), the range of one source as
+    written (big-endian float32, 4 B), and a block of every used sheet as stored float32 and in
+    BLOCK_BUFFERS float64 matrices."""
     pixels = min(nside**2, MAX_PIXELS_PER_TASK)  # KappaPlan.pixels_per_task
     block_bytes = n_sheets * min(BORN_BLOCK_PIXELS, pixels) * (8 * BLOCK_BUFFERS + 4)
-    task_bytes = pixels * (8 * n_sources + 8 + 4 * n_sources) + block_bytes
-    writing_bytes = pixels * 4 * (n_sources + 2)
-    return max(task_bytes, writing_bytes) / 2**20
+    return (pixels * (8 * n_sources + 9) + block_bytes) / 2**20
 
 
 def _check_resources(config, plan: KappaPlan) -> None:
@@ -407,69 +421,113 @@ def _check_resources(config, plan: KappaPlan) -> None:
     check_memory_estimate(estimate_memory_mb(plan.nside, nsources, len(plan.sheets)), config.memory_limit_mb,
                           f"kappa at nside {plan.nside} ({len(plan.sheets)} sheets, {nsources} sources)")
     map_bytes = nsources * plan.npix * 4  # float32, all sources
-    ensure_free_disk(config.checkpoint_root, map_bytes, "the kappa checkpoints")
     ensure_free_disk(Path(config.output_dir) / KAPPA_SUBDIR, map_bytes, "the kappa maps")
 
 
 # ---------------------------------------------------------------------------------------------
 # The Born sum over a pixel range.
 
+class BornSums:
+    """The Born sums of one rank over NESTED pixel ranges, one range at a time (:meth:`sum_range`).
+
+    The used sheets (those with a non-zero weight) and the footprint stay open and the block buffers are
+    kept from range to range: reopening 60 sheets and faulting in fresh buffers for every task cost about
+    a third of the stage at nside 512. Use as a context manager.
+
+    Each range is summed in blocks of ``BORN_BLOCK_PIXELS``: each block's slice of every used sheet is
+    read (straight from the file, :class:`MapRangeReader`) into a float64 matrix (n_used_sheets, block)
+    and kappa = weights @ deltas is one BLAS product (run it with BLAS on one thread per rank, as
+    :class:`BornSumStep` does, or OpenBLAS's threads fight the other ranks). The rounding of a product
+    depends on its shape and the CPU's BLAS kernel, never on where the block lies, and every task range
+    is a whole number of equal blocks: so the maps are the same bytes for any number of ranks or tasks on
+    one type of CPU (the sum over sheets is float64 either way). With a ``footprint`` map (path; 1 =
+    observed), kappa is set to 0 in the unobserved pixels. When a spare core is there, the next block is
+    read while the current one is summed (:func:`prefetched`).
+
+    Bad deltas are found through the product, which is 12x smaller than the deltas for 60 sheets and 5
+    sources: a NaN or infinite delta makes kappa NaN or infinite, and an UNSEEN one moves the kappa of
+    the source that weights its sheet most by at least ``|UNSEEN| x`` that weight (weights are >= 0 and a
+    used sheet has one > 0). Only a block of kappa outside :func:`bad_delta_bound` is searched sheet by
+    sheet, which raises InputError naming the sheet for non-finite or UNSEEN values.
+    """
+
+    def __init__(self, sheets: Sequence[SheetInfo], weights: np.ndarray, footprint: Optional[str] = None):
+        used = [i for i in range(len(sheets)) if np.any(weights[:, i])]
+        self.sheets = [sheets[i] for i in used]
+        self.weights = np.ascontiguousarray(weights[:, used], dtype=np.float64)
+        self.bound = bad_delta_bound(self.weights)
+        self._stack = contextlib.ExitStack()
+        self._readers = [self._stack.enter_context(MapRangeReader(sheet.layout)) for sheet in self.sheets]
+        self._footprint = (None if footprint is None else
+                           self._stack.enter_context(MapRangeReader(read_header_and_layout(footprint)[1])))
+        self._buffers = [np.empty((len(used), BORN_BLOCK_PIXELS)) for _ in range(BLOCK_BUFFERS)]
+        self._total = np.empty((self.weights.shape[0], 0))
+
+    def __enter__(self) -> "BornSums":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()
+
+    def sum_range(self, start: int, stop: int) -> np.ndarray:
+        """kappa of every source over NESTED pixels [start, stop): float64 (n_sources, stop - start), a
+        view of a buffer that the next call overwrites."""
+        if self._total.shape[1] < stop - start:
+            self._total = np.empty((self.weights.shape[0], stop - start))
+        total = self._total[:, :stop - start]
+        with contextlib.ExitStack() as stack:
+            blocks = _sheet_blocks(self._readers, self._buffers, start, stop)
+            if has_spare_core():
+                blocks = stack.enter_context(contextlib.closing(prefetched(blocks, depth=1)))
+            for first, deltas in blocks:
+                kappa = total[:, first - start:first - start + deltas.shape[1]]
+                np.matmul(self.weights, deltas, out=kappa)
+                if not (-self.bound < kappa.min() and kappa.max() < self.bound):  # NaN fails both
+                    _check_deltas(self.sheets, deltas, first)
+        if self._footprint is not None:
+            observed = np.empty(stop - start, dtype=np.float32)
+            self._footprint.read_into(start, stop, observed)
+            total[:, observed == 0] = 0.0
+        return total
+
+
 def born_sum_range(sheets: Sequence[SheetInfo], weights: np.ndarray, start: int, stop: int,
                    footprint: Optional[str] = None) -> np.ndarray:
-    """kappa of every source over NESTED pixels [start, stop): float64 array (n_sources, stop - start).
-
-    The range is summed in blocks of ``BORN_BLOCK_PIXELS``: each block's slice of every sheet with a
-    non-zero weight is read (straight from the file, :class:`MapRangeReader`) into a float64 matrix
-    (n_used_sheets, block) and kappa = weights @ deltas is one BLAS product (run it with BLAS on one
-    thread per rank, as :class:`BornSumStep` does, or OpenBLAS's threads fight the other ranks). The rounding
-    of a product depends on its shape and the CPU's BLAS kernel, never on where the block lies, and
-    every task range is a whole number of equal blocks: so the maps are the same bytes for any number
-    of ranks or tasks on one type of CPU (the sum over sheets is float64 either way). With a
-    ``footprint`` map (path; 1 = observed), kappa is set to 0 in the unobserved pixels. Raises
-    InputError naming the sheet for non-finite or UNSEEN values.
-    """
-    used = [i for i in range(len(sheets)) if np.any(weights[:, i])]
-    used_weights = np.ascontiguousarray(weights[:, used], dtype=np.float64)
-    block = min(BORN_BLOCK_PIXELS, stop - start)
-    total = np.empty((weights.shape[0], stop - start))
-    with contextlib.ExitStack() as stack:
-        readers = [stack.enter_context(MapRangeReader(sheets[i].layout)) for i in used]
-        blocks = _sheet_blocks(readers, start, stop, block)
-        if has_spare_core():
-            blocks = stack.enter_context(contextlib.closing(prefetched(blocks, depth=1)))
-        for first, deltas, valid in blocks:
-            if not valid:
-                _raise_bad_pixels([sheets[i] for i in used], deltas, first)
-            np.matmul(used_weights, deltas, out=total[:, first - start:first - start + deltas.shape[1]])
-    if footprint is not None:
-        total[:, read_nested_range(footprint, start, stop) == 0] = 0.0
-    return total
+    """kappa of every source over NESTED pixels [start, stop): float64 array (n_sources, stop - start);
+    one range of :class:`BornSums` (see there)."""
+    with BornSums(sheets, weights, footprint) as sums:
+        return sums.sum_range(start, stop)
 
 
-def _sheet_blocks(readers: Sequence[MapRangeReader], start: int, stop: int, block: int):
-    """Yield ``(first pixel, deltas, valid)`` per block of [start, stop): deltas float64 (n_readers,
-    pixels in block); ``valid`` is False when some value is non-finite or UNSEEN.
+def bad_delta_bound(weights: np.ndarray) -> float:
+    """Half the smallest kappa shift one UNSEEN delta can cause: ``|UNSEEN|/2 x min over sheets of the
+    sheet's largest weight`` (``weights``: (n_sources, n_sheets), >= 0, each column with a weight > 0).
 
-    Each row is checked as soon as it is read, while it is in cache (and, when prefetched, in the
-    reader thread). The blocks cycle through ``BLOCK_BUFFERS`` matrices: a consumer reading at most
-    one block ahead through ``prefetched(depth=1)`` holds at most that many at once.
-    """
-    buffers = [np.empty((len(readers), block)) for _ in range(BLOCK_BUFFERS)]
-    for number, first in enumerate(range(start, stop, block)):
-        last = min(first + block, stop)
-        deltas = buffers[number % BLOCK_BUFFERS][:, :last - first]
-        valid = True
+    Good deltas (>= -1 and, for simulated matter, far below 1e12) keep |kappa| many orders of magnitude
+    below it for any weight above ~1e-17, the smallest a float64 lensing kernel gives short of the
+    source, so kappa beyond it is the sign to look at the deltas."""
+    return 0.5 * abs(hp.UNSEEN) * float(np.abs(weights).max(axis=0).min())
+
+
+def _sheet_blocks(readers: Sequence[MapRangeReader], buffers: Sequence[np.ndarray], start: int, stop: int):
+    """Yield ``(first pixel, deltas)`` per block of [start, stop) of ``BORN_BLOCK_PIXELS`` pixels: deltas
+    float64 (n_readers, pixels in block), a view of one of ``buffers`` (matrices of that shape, used in
+    turn: a consumer reading at most ``len(buffers) - 2`` blocks ahead through ``prefetched`` never sees
+    one overwritten)."""
+    for number, first in enumerate(range(start, stop, BORN_BLOCK_PIXELS)):
+        last = min(first + BORN_BLOCK_PIXELS, stop)
+        deltas = buffers[number % len(buffers)][:, :last - first]
         for reader, row in zip(readers, deltas):
             reader.read_into(first, last, row)
-            lowest, highest = row.min(), row.max()  # NaN propagates through min and max
-            valid = valid and bool(np.isfinite(highest) and lowest > UNSEEN_OR_BELOW)
-        yield first, deltas, valid
+        yield first, deltas
 
 
-def _raise_bad_pixels(sheets: Sequence[SheetInfo], deltas: np.ndarray, first: int) -> None:
+def _check_deltas(sheets: Sequence[SheetInfo], deltas: np.ndarray, first: int) -> None:
     """InputError naming the first sheet of ``deltas`` (one row per sheet, pixels from ``first``) that
-    holds a non-finite or UNSEEN value."""
+    holds a non-finite or UNSEEN value; nothing when there is none."""
     bad = ~np.isfinite(deltas) | (deltas <= UNSEEN_OR_BELOW)
+    if not bad.any():
+        return
     row = int(np.argmax(bad.any(axis=1)))
     raise InputError(f"{sheets[row].path}: {np.count_nonzero(bad[row])} non-finite or UNSEEN pixel(s) in "
                      f"NESTED pixels [{first}, {first + deltas.shape[1]}), first at "
@@ -672,13 +730,19 @@ class KappaInputsStep(BaseStep):
         if plan.up_to_date and self.comm.is_root:
             log.info("kappa: all %d maps are up to date (header weights hash matches); skipping the stage "
                      "(use --restart to recompute)", len(plan.outputs))
-            # A kill between the last map write and the clean-up leaves partial sums behind: drop them.
+            # A kill between the last rename and the clean-up leaves ledgers behind, and a run killed
+            # after an earlier complete one leaves partial maps: drop both.
             CheckpointStore(self.config.checkpoint_root, STAGE, self.comm.rank).clear()
+            for path in plan.partial_paths():
+                path.unlink(missing_ok=True)
         return {"plan": plan}
 
 
 class BornSumStep(BaseStep):
-    """Runs the pixel-range tasks on all ranks with per-task checkpoints (collective)."""
+    """Runs the pixel-range tasks on all ranks (collective): each task writes its kappa of every source
+    straight into the maps' partial files (``kappa_zs{zs}_s{seed}.fits.inprogress``, made by rank 0 with
+    every pixel 0) and checkpoints a CRC-32 of the bytes it wrote; on resume, tasks whose bytes no
+    longer match are redone."""
 
     retryable = False
 
@@ -690,22 +754,90 @@ class BornSumStep(BaseStep):
         if plan.up_to_date:
             return input_data
         runner = StageRunner(self.config, STAGE)
+        layouts = root_then_bcast(runner.comm, lambda: prepare_partial_maps(self.config, plan, runner.store))
+        writers: List[MapRangeWriter] = []
+        sums: List[BornSums] = []
 
-        def process(task: Task):
+        @contextlib.contextmanager
+        def open_files(mine):
+            with contextlib.ExitStack() as stack:
+                writers.extend(stack.enter_context(MapRangeWriter(layout)) for layout in layouts)
+                if mine:
+                    sums.append(stack.enter_context(BornSums(plan.sheets, plan.weights, plan.footprint)))
+                yield
+                for writer in writers:
+                    writer.sync()  # on disk before rank 0 renames the files
+
+        def process(task: Task) -> TaskRecord:
             start, stop = task.payload
-            kappa = born_sum_range(plan.sheets, plan.weights, start, stop, plan.footprint)
-            return {"kappa": kappa.astype(np.float32)}
+            kappa = sums[0].sum_range(start, stop)
+            checksum = 0
+            for writer, values, path in zip(writers, kappa, plan.outputs):
+                with guarded_write(path, None):  # a full disk: one line naming the map, not retried
+                    checksum = zlib.crc32(writer.write(start, values), checksum)
+            return TaskRecord({"crc32": checksum})
+
+        def verify(key: str, record) -> bool:
+            start, stop = plan.tasks()[int(key)].payload
+            return record.get("crc32") == partial_maps_crc32(layouts, start, stop)
 
         tasks = plan.tasks()
-        with threadpool_limits(limits=1, user_api="blas"):  # one rank per core (docs/clusters.md, Placement)
-            self.reports.append(runner.run(tasks, process, plan.input_identity()))
-        return {**input_data, "runner": runner, "tasks": tasks}
+        try:
+            with threadpool_limits(limits=1, user_api="blas"):  # one rank per core (docs/clusters.md)
+                self.reports.append(runner.run(tasks, process, plan.input_identity(), open_files, verify))
+        except (InputError, ResourceError):
+            # Bad sheets or a full disk: the partial maps cannot be finished as they are, so they go
+            # (by the rank that found it; a stopped or killed run keeps them to resume).
+            for path in plan.partial_paths():
+                path.unlink(missing_ok=True)
+            raise
+        return {**input_data, "runner": runner}
+
+
+def prepare_partial_maps(config, plan: KappaPlan, store: CheckpointStore) -> List[MapLayout]:
+    """Rank 0, before the Born sums: the layouts of the maps' partial files. Those of an interrupted run
+    are kept when every one is there, whole, with this plan's headers; otherwise all are made afresh
+    (every pixel 0, :func:`allocate_nested_map`) and the ledgers of the old ones dropped."""
+    cards = [plan.header_cards(k, config) for k in range(len(plan.outputs))]
+    if config.pipeline.resume != "restart":
+        try:
+            found = [read_header_and_layout(path) for path in plan.partial_paths()]
+        except (OSError, InputError):
+            found = None
+        if found is not None and all(cards_match(header, expected) and _file_is_whole(layout)
+                                     for (header, layout), expected in zip(found, cards)):
+            return [layout for _, layout in found]
+        if config.pipeline.resume == "resume" and store.manifest_path.exists():
+            log.warning("kappa: the partial maps of the interrupted run are missing or changed; its "
+                        "checkpointed tasks are redone")
+            store.clear()
+    layouts = []
+    for partial, path, expected in zip(plan.partial_paths(), plan.outputs, cards):
+        with guarded_write(path, partial):
+            layouts.append(allocate_nested_map(partial, plan.nside, expected, dtype=np.float32))
+    return layouts
+
+
+def _file_is_whole(layout: MapLayout) -> bool:
+    """True if the file holds all the map's data bytes."""
+    return os.path.getsize(layout.path) >= layout.data_offset + layout.npix * np.dtype(layout.dtype).itemsize
+
+
+def partial_maps_crc32(layouts: Sequence[MapLayout], start: int, stop: int) -> int:
+    """CRC-32 of the stored bytes of pixels [start, stop) of every map in turn (what a task wrote)."""
+    checksum = 0
+    for layout in layouts:
+        stored = np.empty(stop - start, dtype=layout.dtype)
+        with MapRangeReader(layout) as reader:
+            reader.read_into(start, stop, stored)
+        checksum = zlib.crc32(stored.tobytes(), checksum)
+    return checksum
 
 
 class WriteKappaMapsStep(BaseStep):
-    """Rank 0 streams the maps side by side from the task checkpoints into their files (task by task, in
-    pixel order: each checkpoint is read once and no map is ever whole in memory), then drops the
-    checkpoints."""
+    """Rank 0 renames the filled partial maps into place (fsync, rename, directory fsync) once every
+    rank has written and synced its ranges, copies the footprint next to partial-sky maps, then drops
+    the checkpoints."""
 
     retryable = False
 
@@ -714,25 +846,19 @@ class WriteKappaMapsStep(BaseStep):
         if not plan.up_to_date:
             runner: StageRunner = input_data["runner"]
 
-            def write_all():
+            def commit_all():
                 copy = kappa_footprint_path(self.config.output_dir)
                 if plan.footprint is not None:
                     with atomic_output(copy) as temporary:
                         shutil.copyfile(plan.footprint, temporary)
                 elif copy.is_file():  # left by an earlier partial-sky run: these maps are full sky
                     copy.unlink()
-                tasks = sorted(input_data["tasks"], key=lambda task: task.payload[0])  # consecutive ranges
-                with contextlib.ExitStack() as stack:  # all maps side by side: each checkpoint is read once
-                    writes = [stack.enter_context(nested_map_writer(
-                        path, plan.nside, plan.header_cards(k, self.config), dtype=np.float32))
-                        for k, path in enumerate(plan.outputs)]
-                    for task in tasks:
-                        for write, kappa in zip(writes, runner.load(task)["kappa"]):
-                            write(kappa)
+                for partial, path in zip(plan.partial_paths(), plan.outputs):
+                    commit(partial, path)
                 log.info("kappa: wrote %s", ", ".join(plan.outputs))
-                runner.store.clear()  # every map is complete: the partial sums are no longer needed
+                runner.store.clear()  # every map is complete: the ledgers are no longer needed
 
-            root_then_bcast(runner.comm, write_all)
+            root_then_bcast(runner.comm, commit_all)
         self.outputs.extend(plan.outputs)
         if plan.footprint is not None:
             self.outputs.append(str(kappa_footprint_path(self.config.output_dir)))
