@@ -39,9 +39,13 @@ def _read_table_header(path: Path) -> Tuple[fits.Header, int]:
     ``fits.open``, which also builds the HDU objects; it counts when the kappa stage opens 100 sheets)."""
     try:
         with open(path, "rb") as handle:
-            fits.Header.fromfile(handle)  # the primary header
+            primary = fits.Header.fromfile(handle)
+            handle.seek(_data_bytes(primary), os.SEEK_CUR)  # healpy writes none, other writers may
             header = fits.Header.fromfile(handle)
             data_offset = handle.tell()
+    except EOFError:  # astropy's "no header here": the file ends before the map table
+        raise InputError(f"{path}: cannot read FITS map (the file ends before the map table: truncated, or "
+                         "not a HEALPix map)") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read FITS map ({exc})") from None
     if str(header.get("XTENSION", "")).strip() != "BINTABLE":
@@ -49,6 +53,17 @@ def _read_table_header(path: Path) -> Tuple[fits.Header, int]:
                          "HEALPix map)")
     _check_map_header(path, header)
     return header, data_offset
+
+
+def _data_bytes(header: fits.Header) -> int:
+    """Bytes of the (image) data following ``header``, padded to whole FITS records."""
+    naxis = int(header.get("NAXIS", 0))
+    if naxis == 0:
+        return 0
+    size = abs(int(header.get("BITPIX", 8))) // 8
+    for axis in range(1, naxis + 1):
+        size *= int(header.get(f"NAXIS{axis}", 0))
+    return -(-size // _FITS_BLOCK) * _FITS_BLOCK
 
 
 def read_header(path) -> Dict[str, object]:
@@ -130,6 +145,15 @@ class MapRangeReader:
 
     def __exit__(self, *exc_info) -> None:
         os.close(self._fd)
+
+    def will_need(self, start: int, stop: int) -> None:
+        """Ask the kernel to read pixels ``[start, stop)`` into the page cache in the background
+        (``posix_fadvise`` WILLNEED; a no-op where there is none), so that a later :meth:`read_into` of
+        them does not wait for the disk."""
+        if hasattr(os, "posix_fadvise") and stop > start:
+            itemsize = self._stored.itemsize
+            os.posix_fadvise(self._fd, self.layout.data_offset + start * itemsize, (stop - start) * itemsize,
+                             os.POSIX_FADV_WILLNEED)
 
     def read_into(self, start: int, stop: int, out: np.ndarray) -> None:
         """Pixels ``[start, stop)`` converted into ``out`` (shape (stop - start,), any float type)."""

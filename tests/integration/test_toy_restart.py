@@ -133,8 +133,9 @@ def test_corrupt_ledger_is_detected_and_tasks_redone(tmp_path):
     assert first.returncode == 0, first.stderr
     (tmp_path / "out" / "toy.npy").unlink()
     checkpoint_dir = tmp_path / "out" / "checkpoints" / "toy"
-    ledger = next(checkpoint_dir.glob("rank*.json"))
-    ledger.write_text(ledger.read_text()[: len(ledger.read_text()) // 2])  # truncated
+    ledger = next(checkpoint_dir.glob("rank*.jsonl"))
+    text = ledger.read_text()
+    ledger.write_text(text[: text.index("\n", len(text) // 2) - 5])  # truncated inside a line
     victim = sorted((checkpoint_dir / "tasks").glob("*.npz"))[5]
     victim.write_bytes(b"garbage")
     rerun = run_python([TOY, config, NTASKS, 0])

@@ -10,7 +10,7 @@ import pytest
 from lensing_ssc import __version__
 from lensing_ssc.core.errors import ConfigError, ResourceError, exit_code_for
 from lensing_ssc.io.atomic import atomic_output, ensure_free_disk, write_json_atomic
-from lensing_ssc.processing.checkpoint import CheckpointStore, task_key
+from lensing_ssc.processing.checkpoint import CheckpointStore, read_rank_ledger, task_key
 
 
 def result_of(task_id):
@@ -32,23 +32,24 @@ def sha256_of(path):
 
 # -- saving and ledgers ------------------------------------------------------------------------
 
-def test_ledger_flushed_every_interval_with_checksums(tmp_path):
+def test_ledger_appended_every_interval_with_checksums(tmp_path):
     store = CheckpointStore(tmp_path, "stage", rank=3)
-    ledger_path = tmp_path / "stage" / "rank00003.json"
+    ledger_path = tmp_path / "stage" / "rank00003.jsonl"
     store.save_task(7, result_of(7), interval=2)
     assert (tmp_path / "stage" / "tasks" / "00000007.npz").is_file()
     assert not ledger_path.exists()
     store.save_task(12, result_of(12), interval=2)
-    ledger = json.loads(ledger_path.read_text())
-    assert ledger["format"] == 1 and ledger["rank"] == 3
-    assert set(ledger["tasks"]) == {"00000007", "00000012"}
-    for key, entry in ledger["tasks"].items():
-        assert entry["file"] == f"{key}.npz"
-        assert entry["sha256"] == sha256_of(tmp_path / "stage" / "tasks" / entry["file"])
+    lines = [json.loads(line) for line in ledger_path.read_text().splitlines()]
+    assert [(line["format"], line["task"]) for line in lines] == [(1, "00000007"), (1, "00000012")]
+    for line in lines:
+        assert line["entry"]["file"] == f"{line['task']}.npz"
+        assert line["entry"]["sha256"] == sha256_of(tmp_path / "stage" / "tasks" / line["entry"]["file"])
     store.save_task(13, result_of(13), interval=2)
-    assert "00000013" not in json.loads(ledger_path.read_text())["tasks"]
+    assert "00000013" not in read_rank_ledger(ledger_path)[0]
     store.flush()
-    assert "00000013" in json.loads(ledger_path.read_text())["tasks"]
+    entries, problems = read_rank_ledger(ledger_path)
+    assert sorted(entries) == ["00000007", "00000012", "00000013"] and problems == []
+    assert ledger_path.read_text().count("\n") == 3  # appended, never rewritten
     assert not list((tmp_path / "stage").rglob("*.inprogress"))
 
 
@@ -96,26 +97,27 @@ def test_completed_tasks_drops_missing_and_corrupt_results(tmp_path, caplog):
     assert "task 00000001" in warned and "task 00000002" in warned
 
 
-def test_truncated_ledger_is_ignored_with_a_warning(tmp_path, caplog):
+def test_torn_ledger_line_is_ignored_with_a_warning(tmp_path, caplog):
     run_tasks(tmp_path, 0, [0, 1])
     run_tasks(tmp_path, 1, [2, 3])
-    ledger = tmp_path / "stage" / "rank00001.json"
-    ledger.write_text(ledger.read_text()[:40])
+    ledger = tmp_path / "stage" / "rank00001.jsonl"
+    text = ledger.read_text()
+    ledger.write_text(text[:len(text) - 40])  # an append killed in the middle of task 3's line
     with caplog.at_level(logging.WARNING, logger="lensing_ssc.checkpoint"):
         done = CheckpointStore(tmp_path, "stage", 0).completed_tasks()
-    assert sorted(done) == ["00000000", "00000001"]
-    assert any("rank00001.json" in r.getMessage() and "corrupt checkpoint ledger" in r.getMessage()
+    assert sorted(done) == ["00000000", "00000001", "00000002"]
+    assert any("rank00001.jsonl" in r.getMessage() and "corrupt checkpoint ledger (line 2" in r.getMessage()
                for r in caplog.records)
 
 
-def test_ledger_of_another_format_is_ignored(tmp_path, caplog):
-    run_tasks(tmp_path, 0, [0])
-    ledger = tmp_path / "stage" / "rank00000.json"
-    content = json.loads(ledger.read_text())
-    ledger.write_text(json.dumps({**content, "format": 99}))
+def test_ledger_line_of_another_format_or_garbage_is_ignored(tmp_path, caplog):
+    run_tasks(tmp_path, 0, [0, 1])
+    ledger = tmp_path / "stage" / "rank00000.jsonl"
+    first, second = ledger.read_text().splitlines()
+    ledger.write_text(json.dumps({**json.loads(first), "format": 99}) + "\n" + "\x00garbage\n" + second + "\n")
     with caplog.at_level(logging.WARNING, logger="lensing_ssc.checkpoint"):
-        assert CheckpointStore(tmp_path, "stage", 0).completed_tasks() == {}
-    assert "corrupt checkpoint ledger" in caplog.text
+        assert sorted(CheckpointStore(tmp_path, "stage", 0).completed_tasks()) == ["00000001"]
+    assert caplog.text.count("corrupt checkpoint ledger") == 2
 
 
 def test_no_checkpoints_means_nothing_done(tmp_path):
@@ -129,10 +131,10 @@ def test_restart_on_other_rank_counts_never_loses_entries(tmp_path):
     # run 2 on one rank: rank 0 consolidates, then writes a fresh rank file
     planner = CheckpointStore(tmp_path, "stage", 0)
     planner.consolidate(planner.completed_tasks())
-    assert not list((tmp_path / "stage").glob("rank*.json"))
+    assert not list((tmp_path / "stage").glob("rank*"))
     assert len(json.loads((tmp_path / "stage" / "merged.json").read_text())["tasks"]) == 4
     run_tasks(tmp_path, 0, [2])
-    assert set(json.loads((tmp_path / "stage" / "rank00000.json").read_text())["tasks"]) == {"00000002"}
+    assert set(read_rank_ledger(tmp_path / "stage" / "rank00000.jsonl")[0]) == {"00000002"}
     assert sorted(planner.completed_tasks()) == [task_key(i) for i in (0, 1, 2, 5, 6)]
     # run 3 on three ranks
     planner.consolidate(planner.completed_tasks())

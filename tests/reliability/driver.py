@@ -1,8 +1,8 @@
 """``python tests/reliability/driver.py CLI-ARGS...``: the ``lensing-ssc`` CLI with three test hooks.
 
-* Environment ``LSSC_TEST_COMMIT_DELAY_S=D``: every atomic file commit (checkpoint npz, ledger, sheet,
-  kappa map, results file, JSON reports) sleeps D seconds with its ``*.inprogress`` file written and not
-  yet renamed: a slow shared filesystem. The stages then last long enough for a test to kill them at
+* Environment ``LSSC_TEST_COMMIT_DELAY_S=D``: every atomic file commit (checkpoint npz, sheet, kappa
+  map, results file, JSON reports) sleeps D seconds with its ``*.inprogress`` file written and not yet
+  renamed, and every ledger append D seconds before it writes: a slow shared filesystem. The stages then last long enough for a test to kill them at
   a random moment, and each commit lasts at least D, which bounds the run time from below. Outputs
   are unchanged.
 * The statistic plugin ``fails_on_rank_1`` is registered (it runs only when ``analysis.statistics``
@@ -20,6 +20,7 @@ from lensing_ssc.cli import main
 from lensing_ssc.io import atomic, results
 from lensing_ssc.parallel import get_comm
 from lensing_ssc.plugins import register_pipeline_plugin
+from lensing_ssc.processing.checkpoint import CheckpointStore
 from lensing_ssc.processing.steps import kappa_steps
 
 COMMIT_DELAY_ENV = "LSSC_TEST_COMMIT_DELAY_S"
@@ -40,7 +41,8 @@ class FailsOnRankOne:
 
 
 def slow_down_commits(delay_s: float) -> None:
-    """Make lensing_ssc.io.atomic.commit sleep ``delay_s`` before its fsync and rename."""
+    """Make lensing_ssc.io.atomic.commit sleep ``delay_s`` before its fsync and rename, and each ledger
+    append (``CheckpointStore.flush``) before it writes."""
     original = atomic.commit
 
     def slow_commit(temporary, final):
@@ -50,6 +52,14 @@ def slow_down_commits(delay_s: float) -> None:
     atomic.commit = slow_commit   # used by atomic_output, write_json_atomic (checkpoints, maps, reports)
     results.commit = slow_commit  # imported by name by the results-file writer
     kappa_steps.commit = slow_commit  # and by the kappa stage, which renames its partial maps
+    flush = CheckpointStore.flush
+
+    def slow_flush(store):  # a ledger append is not a commit, but as slow on a slow filesystem
+        if store._unsaved:
+            time.sleep(delay_s)
+        flush(store)
+
+    CheckpointStore.flush = slow_flush
 
 
 if __name__ == "__main__":  # registered here, so that importing the constants above changes nothing

@@ -33,6 +33,7 @@ from job_control import Job, driver, run_job
 from outputs import final_outputs, output_differences
 from lensing_ssc.io.atomic import inprogress_path
 from lensing_ssc.io.healpix_maps import read_header_and_layout
+from lensing_ssc.processing.checkpoint import read_rank_ledger
 
 COMMIT_DELAY_S = 0.05
 SLOW = {COMMIT_DELAY_ENV: str(COMMIT_DELAY_S)}
@@ -43,14 +44,15 @@ STOP_EXIT_CODE = 75
 
 
 def checkpointed(output, stage) -> int:
-    """Tasks the stage's ledgers (rank files and merged.json, each replaced atomically) list as done."""
+    """Tasks the stage's ledgers (rank ledgers and merged.json) list as done."""
     directory = output / STAGES[stage].checkpoints
     done = set()
-    for path in [*directory.glob("rank*.json"), directory / "merged.json"]:
-        try:
-            done.update(json.loads(path.read_text())["tasks"])
-        except (FileNotFoundError, ValueError, KeyError):  # not there (yet), or gone since the glob
-            continue
+    for path in directory.glob("rank*.jsonl"):
+        done.update(ledger_tasks(path))
+    try:
+        done.update(json.loads((directory / "merged.json").read_text())["tasks"])
+    except FileNotFoundError:  # not written yet
+        pass
     return len(done)
 
 
@@ -194,15 +196,15 @@ def test_stop_signal_exits_75_and_resumes_on_another_rank_count(reference, tmp_p
 # Corrupt checkpoints
 
 def ledger_tasks(path):
-    """Task keys -> entries of a rank ledger (empty if it does not exist yet)."""
-    return json.loads(path.read_text())["tasks"] if path.exists() else {}
+    """Task keys -> entries of a rank ledger's complete lines (empty if it does not exist (yet))."""
+    return read_rank_ledger(path)[0]
 
 
 def stopped_after_two_tasks_per_rank(stage, config, output, log_dir):
     """Run ``stage`` on 2 ranks until each rank's ledger lists 2 tasks, stop it with SIGTERM (exit 75);
     returns the two rank ledgers' paths."""
     directory = output / STAGES[stage].checkpoints
-    ledgers = [directory / f"rank{rank:05d}.json" for rank in (0, 1)]
+    ledgers = [directory / f"rank{rank:05d}.jsonl" for rank in (0, 1)]
     job = Job(driver(stage, config), 2, log_dir, SLOW)
     assert wait_until(lambda: all(len(ledger_tasks(path)) >= 2 for path in ledgers), job)
     job.signal_ranks(signal.SIGTERM)
@@ -211,15 +213,16 @@ def stopped_after_two_tasks_per_rank(stage, config, output, log_dir):
 
 
 def test_corrupt_ledger_and_task_files_are_detected_and_redone(reference, tmp_path):
-    """A 2-rank analyze run stopped with SIGTERM leaves rank00000.json and rank00001.json. Then rank 1's
-    ledger is truncated, one of rank 0's task npz truncated and another replaced by a well-formed npz
-    with other values (only its checksum tells): the one-rank rerun trusts none of them and redoes those
-    tasks."""
+    """A 2-rank analyze run stopped with SIGTERM leaves rank00000.jsonl and rank00001.jsonl. Then rank 1's
+    ledger is cut in the middle of its last line, one of rank 0's task npz truncated and another
+    replaced by a well-formed npz with other values (only its checksum tells): the one-rank rerun
+    trusts none of them and redoes those tasks."""
     output = tmp_path / "out"
     config = reference.workspace("analyze", output)
     ledgers = stopped_after_two_tasks_per_rank("analyze", config, output, tmp_path / "logs")
     trusted = ledger_tasks(ledgers[0])
-    ledgers[1].write_text(ledgers[1].read_text()[: len(ledgers[1].read_text()) // 2])
+    ledgers[1].write_text(ledgers[1].read_text()[:-20])
+    kept_of_rank_1 = ledger_tasks(ledgers[1])
     tasks_dir = output / STAGES["analyze"].checkpoints / "tasks"
     truncated, replaced = (tasks_dir / trusted[key]["file"] for key in sorted(trusted)[:2])
     truncated.write_bytes(truncated.read_bytes()[:100])
@@ -231,7 +234,7 @@ def test_corrupt_ledger_and_task_files_are_detected_and_redone(reference, tmp_pa
     assert f"{ledgers[1]}: corrupt checkpoint ledger" in resumed.stderr
     for path in (truncated, replaced):
         assert f"{path}: checkpoint of task" in resumed.stderr
-    assert tasks_skipped(resumed.stderr) == len(trusted) - 2
+    assert tasks_skipped(resumed.stderr) == len(trusted) - 2 + len(kept_of_rank_1)
     assert_same_as_reference(reference, output, "analyze")
 
 

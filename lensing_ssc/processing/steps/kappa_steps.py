@@ -469,6 +469,13 @@ class BornSums:
     def __exit__(self, *exc_info) -> None:
         self._stack.close()
 
+    def will_need(self, start: int, stop: int) -> None:
+        """Have the kernel read NESTED pixels [start, stop) of every used sheet (and the footprint) into
+        the page cache in the background, e.g. the next task's range while this one is summed: from a
+        disk (cold cache) the reads of a task then overlap the sums of the one before."""
+        for reader in self._readers + ([self._footprint] if self._footprint is not None else []):
+            reader.will_need(start, stop)
+
     def sum_range(self, start: int, stop: int) -> np.ndarray:
         """kappa of every source over NESTED pixels [start, stop): float64 (n_sources, stop - start), a
         view of a buffer that the next call overwrites."""
@@ -481,7 +488,8 @@ class BornSums:
                 blocks = stack.enter_context(contextlib.closing(prefetched(blocks, depth=1)))
             for first, deltas in blocks:
                 kappa = total[:, first - start:first - start + deltas.shape[1]]
-                np.matmul(self.weights, deltas, out=kappa)
+                with np.errstate(invalid="ignore"):  # 0 x inf of a bad delta: reported just below
+                    np.matmul(self.weights, deltas, out=kappa)
                 if not (-self.bound < kappa.min() and kappa.max() < self.bound):  # NaN fails both
                     _check_deltas(self.sheets, deltas, first)
         if self._footprint is not None:
@@ -758,18 +766,24 @@ class BornSumStep(BaseStep):
         writers: List[MapRangeWriter] = []
         sums: List[BornSums] = []
 
+        following: Dict[int, Tuple[int, int]] = {}  # task id -> range of this rank's next task
+
         @contextlib.contextmanager
         def open_files(mine):
             with contextlib.ExitStack() as stack:
                 writers.extend(stack.enter_context(MapRangeWriter(layout)) for layout in layouts)
                 if mine:
                     sums.append(stack.enter_context(BornSums(plan.sheets, plan.weights, plan.footprint)))
+                    sums[0].will_need(*mine[0].payload)
+                    following.update((task.task_id, after.payload) for task, after in zip(mine, mine[1:]))
                 yield
                 for writer in writers:
                     writer.sync()  # on disk before rank 0 renames the files
 
         def process(task: Task) -> TaskRecord:
             start, stop = task.payload
+            if task.task_id in following:
+                sums[0].will_need(*following[task.task_id])
             kappa = sums[0].sum_range(start, stop)
             checksum = 0
             for writer, values, path in zip(writers, kappa, plan.outputs):

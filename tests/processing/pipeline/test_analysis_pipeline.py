@@ -171,7 +171,7 @@ def test_rerun_skips_a_finished_map_and_drops_leftover_checkpoints(analysed):
     tmp_path, config, result = analysed
     leftover = tmp_path / "checkpoints" / "analyze" / "stats_zs1.0_s7_oa20"  # a kill after the write
     leftover.mkdir(parents=True)
-    (leftover / "rank00000.json").write_text("{}")
+    (leftover / "rank00000.jsonl").write_text("")
     again = AnalysisPipeline(config).execute()
     assert again.tasks_done == 0 and again.outputs == result.outputs
     assert not leftover.exists()
