@@ -20,6 +20,8 @@ setup(
         "threadpoolctl",
         "tqdm",
         "matplotlib",
+        # compiled loops of science/cubic_spline.py (patch projection); imported only when patches are projected
+        "numba",
     ],
     extras_require={
         # the ensemble stage's analytic SSC overlay (ensemble.theory; lensing_ssc/science/ssc_theory.py)
