@@ -92,7 +92,7 @@ def _wrong_checksum(path, key_path):
     with np.load(path) as entry:
         fields = {name: entry[name] for name in entry.files}
     fields["indices"] = fields["indices"].copy()
-    fields["indices"][0, 0] += 1  # a consistent npz whose indices no longer match their sha256
+    fields["indices"][0, 0] += 1  # a consistent npz (valid zip CRC) whose indices no longer match crc32
     with open(path, "wb") as handle:
         np.savez(handle, **fields)
 
@@ -103,7 +103,7 @@ def _foreign_entry(path, key_path):
 
 def _missing_field(path, key_path):
     with np.load(path) as entry:
-        fields = {name: entry[name] for name in entry.files if name != "sha256"}
+        fields = {name: entry[name] for name in entry.files if name != "crc32"}
     with open(path, "wb") as handle:
         np.savez(handle, **fields)
 
