@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from lensing_ssc.core.config import ProcessingConfig
+from lensing_ssc.processing.checkpoint import read_rank_ledger
 
 MIB = 2 ** 20
 
@@ -123,13 +124,13 @@ def checkpointed_tasks(config: ProcessingConfig, stage: str) -> int:
     if not root.exists():
         return 0
     keys = set()
-    for ledger in root.rglob("*.json"):
-        if ledger.name == "manifest.json":
-            continue
+    for merged in root.rglob("merged.json"):
         try:
-            keys.update(f"{ledger.parent}/{key}" for key in json.loads(ledger.read_text())["tasks"])
+            keys.update(f"{merged.parent}/{key}" for key in json.loads(merged.read_text())["tasks"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
+    for ledger in root.rglob("rank*.jsonl"):
+        keys.update(f"{ledger.parent}/{key}" for key in read_rank_ledger(ledger)[0])
     return len(keys)
 
 

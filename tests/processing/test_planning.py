@@ -3,7 +3,9 @@ import yaml
 
 from conftest import run_cli, write_gaussian_kappa
 from lensing_ssc.core.config import ProcessingConfig
-from lensing_ssc.processing.planning import analysis_memory_mb, kappa_memory_mb, plan, preprocess_memory_mb
+from lensing_ssc.processing.checkpoint import CheckpointStore, TaskRecord
+from lensing_ssc.processing.planning import (analysis_memory_mb, checkpointed_tasks, kappa_memory_mb, plan,
+                                             preprocess_memory_mb)
 
 
 def test_memory_estimates_scale_with_nside_as_documented():
@@ -48,3 +50,19 @@ def test_plan_of_a_mock_run_predicts_sheets_without_writing(tmp_path):
     assert "mock to be generated at nside 64" in done.stdout
     assert "0/50" in done.stdout  # slices with a > 1/(1 + z_max) = 0.5: 50..99
     assert not (tmp_path / "out").exists() and not (tmp_path / "usmesh").exists()
+
+
+def test_status_counts_tasks_in_merged_and_appended_ledgers(tmp_path):
+    config = ProcessingConfig(output_dir=str(tmp_path))
+    earlier = CheckpointStore(config.checkpoint_root, "kappa", rank=0)
+    for task_id in (0, 1):
+        earlier.save_record(task_id, TaskRecord({"crc32": task_id}), interval=1)
+    earlier.consolidate(earlier.completed_tasks(lambda key, record: True))  # a resumed run: merged.json
+    for rank, task_ids in ((0, [2]), (1, [3, 1])):  # task 1 again: counted once
+        store = CheckpointStore(config.checkpoint_root, "kappa", rank=rank)
+        for task_id in task_ids:
+            store.save_record(task_id, TaskRecord({"crc32": task_id}), interval=1)
+    ledger = config.checkpoint_root / "kappa" / "rank00001.jsonl"
+    ledger.write_text(ledger.read_text() + '{"format": 1, "task": "000000')  # a torn last line
+    assert checkpointed_tasks(config, "kappa") == 4
+    assert checkpointed_tasks(config, "analyze") == 0
