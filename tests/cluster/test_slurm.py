@@ -165,13 +165,15 @@ def test_usr1_mid_run_checkpoints_requeues_and_the_job_completes(slurm, referenc
 def test_time_limit_warning_checkpoints_requeues_and_the_job_completes(slurm, reference, tmp_path):
     """--time=1 --signal=B:USR1@20: Slurm (checking time limits every 30 s) warns the batch shell 10 to
     40 s after the start; failing that, the ranks stop by themselves when less than twice a task (8 s)
-    is left of the minute (SLURM_JOB_END_TIME from squeue). 6 tasks of 8 s per rank outlast both, so the
-    first run always stops; the test gives the requeued run a longer limit, so that it is the only stop."""
+    is left of the minute (SLURM_JOB_END_TIME from squeue). 6 tasks of 8 s per rank (one slowed ledger
+    append each: the kappa tasks write their pixels into the maps, not into checkpoint files) outlast
+    both, so the first run always stops; the test gives the requeued run a longer limit, so that it is
+    the only stop."""
     output = tmp_path / "run"
     config = reference.workspace("kappa", output)
     job_id = slurm.submit("slurm_run.sh", [config, "--stages", "kappa"],
                           ["--ntasks-per-node=2", "--time=1", "--signal=B:USR1@20", f"--output={tmp_path}/job-%j.out"],
-                          commit_delay_s=4.0)
+                          commit_delay_s=8.0)
     job = Job(job_id, tmp_path / f"job-{job_id}.out")
     job.release_requeued(TimeLimit=10)
     info = job.finish()
