@@ -41,8 +41,9 @@ from lensing_ssc.io.healpix_maps import write_nested_map  # noqa: E402
 from lensing_ssc.science.fibonacci import patch_centers  # noqa: E402
 
 TARGET_SPEEDUP = 1.8
-# The CLI, then one JSON line per job with every rank's wall time, CPU time and peak RSS (getrusage,
-# whole process).
+# The CLI, then one JSON line per job with every rank's wall time, CPU time and peak RSS (the kernel's
+# high-water mark VmHWM of the whole process; not getrusage's ru_maxrss, which a child inherits from the
+# parent's RSS at the fork and keeps across exec).
 DRIVER = """
 import json, resource, sys, time
 began = time.perf_counter()
@@ -51,8 +52,10 @@ from lensing_ssc.parallel import get_comm
 code = main(sys.argv[1:])
 comm = get_comm()
 usage = resource.getrusage(resource.RUSAGE_SELF)
+with open("/proc/self/status") as status:
+    high_water_mb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024.0
 row = {"rank": comm.rank, "wall_s": time.perf_counter() - began, "cpu_s": usage.ru_utime + usage.ru_stime,
-       "peak_rss_mb": usage.ru_maxrss / 1024.0}
+       "peak_rss_mb": high_water_mb}
 rows = comm.gather(row)
 if comm.is_root:
     print("BENCH " + json.dumps(rows), flush=True)
