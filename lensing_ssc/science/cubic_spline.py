@@ -23,6 +23,8 @@ from numba import njit
 
 # sqrt(3) - 2, the pole of the cubic B-spline filter, as scipy's ni_splines.c writes it.
 _POLE = -0.267949192431122706472553658494127633
+# The filter's gain, as scipy's _apply_filter_gain computes it for the one pole (same float64 operations).
+_GAIN = 1.0 * ((1.0 - _POLE) * (1.0 - 1.0 / _POLE))
 
 
 @njit(cache=True)
@@ -33,10 +35,9 @@ def _filter_columns(values, with_gain):
     n, m = values.shape
     z = _POLE
     if with_gain:
-        gain = 1.0 * ((1.0 - z) * (1.0 - 1.0 / z))
         for i in range(n):
             for j in range(m):
-                values[i, j] *= gain
+                values[i, j] *= _GAIN
     # causal initialisation (_init_causal_mirror)
     z_n_1 = math.pow(z, float(n - 1))  # libm pow of a double, as C's pow(z, n - 1); not numba's integer power
     for j in range(m):
@@ -64,8 +65,6 @@ def _filter_columns(values, with_gain):
 def _gather_with_gain(values, indices, out):
     """out = float64(values[indices]) x the filter gain (scipy: the float64 image, then the gain of
     the first filter pass; one rounding either way). False if an index is outside ``values``."""
-    z = _POLE
-    gain = 1.0 * ((1.0 - z) * (1.0 - 1.0 / z))
     n, m = indices.shape
     size = values.size
     for i in range(n):
@@ -73,7 +72,7 @@ def _gather_with_gain(values, indices, out):
             index = indices[i, j]
             if index < 0 or index >= size:
                 return False
-            out[i, j] = np.float64(values[index]) * gain
+            out[i, j] = np.float64(values[index]) * _GAIN
     return True
 
 

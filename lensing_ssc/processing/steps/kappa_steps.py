@@ -791,11 +791,12 @@ class BornSumStep(BaseStep):
                     checksum = zlib.crc32(writer.write(start, values), checksum)
             return TaskRecord({"crc32": checksum})
 
+        tasks = plan.tasks()
+
         def verify(key: str, record) -> bool:
-            start, stop = plan.tasks()[int(key)].payload
+            start, stop = tasks[int(key)].payload
             return record.get("crc32") == partial_maps_crc32(layouts, start, stop)
 
-        tasks = plan.tasks()
         try:
             with threadpool_limits(limits=1, user_api="blas"):  # one rank per core (docs/clusters.md)
                 self.reports.append(runner.run(tasks, process, plan.input_identity(), open_files, verify))
