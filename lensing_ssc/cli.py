@@ -122,11 +122,15 @@ def cmd_run(args) -> int:
 
 
 def _validate_inputs(config: ProcessingConfig) -> List[str]:
-    """Rank 0: check the inputs that exist now (the usmesh, unless the mock will write it)."""
+    """Rank 0: check the inputs that exist now (the usmesh, unless the mock will write it), and that the
+    light cone reaches every source redshift."""
+    from lensing_ssc.processing.steps.kappa_steps import check_source_reach
     from lensing_ssc.processing.steps.preprocessing_steps import build_plan
     if config.mock.enabled and not Path(config.data_dir or "").exists():
         return [f"data_dir {config.data_dir}: the mock stage will write it"]
     plan = build_plan(config)  # raises InputError naming the file or key
+    check_source_reach(config.kappa.source_redshifts, max(sheet.z_far for sheet in plan.sheets),
+                       f"the light cone {plan.usmesh}")
     return [f"data_dir {plan.usmesh}: {len(plan.sheets)} sheets ({plan.sheets[0].index}-{plan.sheets[-1].index}) "
             f"at nside {plan.nside}, dataset {plan.dataset}, seed {plan.seed}"]
 

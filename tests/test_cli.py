@@ -1,5 +1,6 @@
 """The lensing-ssc command line: help, version, validate, run --stages, and one message under mpiexec."""
 import pytest
+import yaml
 
 from conftest import REPO, run_cli
 from lensing_ssc import __version__
@@ -75,3 +76,21 @@ def test_an_error_every_rank_shares_is_printed_once(tmp_path):
     assert done.returncode == 3, done.stderr  # DESIGN.md §3: resources
     assert done.stderr.count("lensing-ssc: error: MemoryError:") == 1, done.stderr
     assert "no room (test)" in done.stderr
+
+
+def test_validate_refuses_a_source_beyond_the_light_cone(tmp_path):
+    """Before any sheet exists: the light cone's farthest shell (z = 0.316 for z_max = 0.3) bounds the sources."""
+    from lensing_ssc.mock.lightcone import write_mock_lightcone
+
+    usmesh = tmp_path / "usmesh"
+    write_mock_lightcone(usmesh, nside=8, box_size=200.0, nc=16, z_max=0.3, seed=3)
+    config = tmp_path / "run.yaml"
+    for sources, exit_code in (([0.2, 1.0], 2), ([0.2, 0.3], 0)):
+        config.write_text(yaml.safe_dump({"data_dir": str(usmesh), "output_dir": str(tmp_path / "out"),
+                                          "kappa": {"source_redshifts": sources}}))
+        done = run_cli(["validate", config])
+        assert done.returncode == exit_code, done.stderr
+        if exit_code:
+            assert "kappa.source_redshifts: zs = 1.0 lies beyond the last mass sheet of the light cone" in done.stderr
+            assert "ends at z = 0.3158" in done.stderr and "zs = 0.2" not in done.stderr
+    assert not (tmp_path / "out").exists()

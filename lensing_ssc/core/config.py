@@ -187,7 +187,8 @@ SECTIONS: Dict[str, Dict[str, Tuple[Any, Callable, str]]] = {
     },
     "kappa": {
         "source_redshifts": ([0.5, 1.0, 1.5, 2.0, 2.5], _list_of(_number(lo=0, lo_open=True), min_len=1),
-                             "source redshifts of the convergence maps"),
+                             "source redshifts of the convergence maps; each must lie within the mass sheets' "
+                             "redshift range (a source beyond the farthest sheet is an error)"),
     },
     "analysis": {
         "patch_size_deg": (10.0, _number(lo=0, hi=90, lo_open=True),

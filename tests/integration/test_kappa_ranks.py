@@ -14,7 +14,7 @@ from lensing_ssc.science.born import born_weights
 
 NSIDE = 16
 SHEETS = np.arange(45, 65)
-SOURCES = (1.0, 1.5)
+SOURCES = (1.0, 1.2)  # both within the sheets' reach (z = 1.22 for sheet 45)
 
 # `lensing-ssc kappa CONFIG` with KappaPipeline registered where the CLI looks for it (harmless once
 # lensing_ssc.processing.pipeline exports it). An optional second argument N makes the process SIGKILL
@@ -109,6 +109,15 @@ def test_missing_header_key_exits_2_on_every_rank(tmp_path):
     failed = run_python(["-c", DRIVER, config], nranks=2)
     assert failed.returncode == 2, failed.stderr
     assert f"delta-sheet-{SHEETS[3]}.fits" in failed.stderr and "A_NEAR" in failed.stderr
+
+
+def test_source_beyond_the_last_sheet_exits_2_on_every_rank_and_writes_nothing(tmp_path):
+    config = write_inputs(tmp_path, sheet_fields())  # sheets 45..64 reach z = 1.22
+    config.write_text(config.read_text().replace("- 1.2\n", "- 1.5\n"))
+    failed = run_python(["-c", DRIVER, config], nranks=2)
+    assert failed.returncode == 2, failed.stderr
+    assert "kappa.source_redshifts: zs = 1.5 lies beyond the last mass sheet" in failed.stderr
+    assert not (tmp_path / "kappa").exists() or not any((tmp_path / "kappa").iterdir())
 
 
 @pytest.mark.mpi(min_size=2)

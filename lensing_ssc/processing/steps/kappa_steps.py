@@ -382,14 +382,11 @@ def build_plan(config) -> KappaPlan:
     a_far = np.array([s.a_far for s in sheets])
     a_near = np.array([s.a_near for s in sheets])
     weights = born_weight_table(cosmo, a_far, a_near, source_redshifts)
-    z_reach = 1.0 / a_far.min() - 1.0
+    check_source_reach(source_redshifts, 1.0 / a_far.min() - 1.0, f"the mass sheets of {directory}")
     for k, zs in enumerate(source_redshifts):
         if not np.any(weights[k]):
             raise ConfigError([f"kappa.source_redshifts: zs = {zs} has no mass sheet in front of it (the "
                                f"nearest sheet of {directory} ends at z = {1.0 / a_near.max() - 1.0:.4g})"])
-        if zs > z_reach * (1 + 1e-9):
-            log.warning("kappa: the sheets reach z = %.4g only; the map for zs = %s misses the lensing "
-                        "by matter between z = %.4g and %s", z_reach, zs, z_reach, zs)
         log.info("kappa: zs = %s: %d sheets, sum of weights %.6g", zs, np.count_nonzero(weights[k]),
                  weights[k].sum())
     outputs = tuple(str(kappa_map_path(config.output_dir, zs, seed)) for zs in source_redshifts)
@@ -404,6 +401,17 @@ def build_plan(config) -> KappaPlan:
     if not plan.up_to_date:
         _check_resources(config, plan)
     return plan
+
+
+def check_source_reach(source_redshifts: Sequence[float], z_reach: float, sheets: str) -> None:
+    """ConfigError naming ``kappa.source_redshifts`` for every source beyond ``z_reach``, the far edge of
+    the farthest shell of ``sheets`` (words naming them, for the message): its Born sum would miss the
+    lensing by the matter between that edge and the source. A source at the edge (to 1e-9) is fine."""
+    problems = [f"kappa.source_redshifts: zs = {zs} lies beyond the last mass sheet of {sheets} (the farthest "
+                f"ends at z = {z_reach:.4g}): its map would miss the lensing by the matter between z = "
+                f"{z_reach:.4g} and {zs}" for zs in source_redshifts if zs > z_reach * (1 + 1e-9)]
+    if problems:
+        raise ConfigError(problems)
 
 
 def estimate_memory_mb(nside: int, n_sources: int, n_sheets: int) -> float:

@@ -73,11 +73,11 @@ def test_empty_line_of_sight_gives_minus_the_sum_of_weights(tmp_path):
 def test_single_nonzero_sheet_gives_weight_times_delta_and_file_contract(tmp_path):
     nside, chosen = 8, 70
     delta = np.random.default_rng(1).normal(0.0, 0.3, 12 * nside**2).astype(np.float32)
-    for i in range(60, 80):
+    for i in range(40, 80):  # reach z = 1.5
         write_sheet(tmp_path, i, delta if i == chosen else np.zeros(12 * nside**2), SEED=123)
-    result = KappaPipeline(make_config(tmp_path, (1.0, 2.0), seed=None)).execute()  # seed from SEED header
+    result = KappaPipeline(make_config(tmp_path, (1.0, 1.5), seed=None)).execute()  # seed from SEED header
     assert result.success
-    for zs in (1.0, 2.0):
+    for zs, first_sheet in ((1.0, 50), (1.5, 40)):  # SCIENCE.md §3.1: the first sheet with Wbar > 0
         path = tmp_path / "kappa" / f"kappa_zs{zs}_s123.fits"
         assert str(path) in result.outputs
         kappa, header = read_map(path)
@@ -85,8 +85,8 @@ def test_single_nonzero_sheet_gives_weight_times_delta_and_file_contract(tmp_pat
         np.testing.assert_array_equal(kappa, (weight * delta.astype(np.float64)).astype(np.float32))
         assert header["ORDERING"] == "NESTED" and header["NSIDE"] == nside
         assert header["ZS"] == zs and header["SEED"] == 123 and "MOCK" not in header
-        assert header["SHEETS"] == "60-79" and header["NSHEETS"] == 20  # all in front of both sources
-        assert header["WHASH"] == weights_hash(weights_of(range(60, 80), zs))
+        assert header["SHEETS"] == f"{first_sheet}-79" and header["NSHEETS"] == 80 - first_sheet
+        assert header["WHASH"] == weights_hash(weights_of(range(first_sheet, 80), zs))  # of the SHEETS
         with fits.open(path) as hdus:
             assert hdus[1].columns[0].format.endswith("E")  # float32 on disk
 
@@ -202,10 +202,15 @@ def test_seed_missing_everywhere_names_both_places_and_disagreeing_seeds(tmp_pat
     assert KappaPipeline(make_config(tmp_path, seed=3)).execute().outputs[0].endswith("kappa_zs1.0_s3.fits")
 
 
-def test_source_in_front_of_every_sheet_is_a_config_error(tmp_path):
+def test_sources_outside_the_sheets_are_config_errors(tmp_path):
     simple_sheets(tmp_path)  # sheets 50..55: z in [0.79, 1.0]
-    with pytest.raises(ConfigError, match="kappa.source_redshifts"):
+    with pytest.raises(ConfigError, match="kappa.source_redshifts.*no mass sheet in front of it"):
         KappaPipeline(make_config(tmp_path, (0.2,))).execute()
+    with pytest.raises(ConfigError, match=r"kappa.source_redshifts: zs = 1.01 lies beyond the last mass sheet .*"
+                                          r"ends at z = 1\b.* between z = 1 and 1.01"):
+        KappaPipeline(make_config(tmp_path, (0.9, 1.01))).execute()
+    assert not (tmp_path / "kappa").exists() or not any((tmp_path / "kappa").iterdir())
+    assert KappaPipeline(make_config(tmp_path, (1.0,))).execute().success  # a source at the far edge is fine
     with pytest.raises(ConfigError, match="distinct"):
         KappaPipeline(make_config(tmp_path, (1.0, 1.0))).execute()
 
@@ -250,7 +255,7 @@ def test_crash_mid_stage_then_rerun_gives_identical_maps(tmp_path, monkeypatch):
     for name in ("reference", "crashed"):
         for i, delta in deltas.items():
             write_sheet(tmp_path / name, i, delta)
-    reference = KappaPipeline(make_config(tmp_path / "reference", (1.0, 1.5))).execute()
+    reference = KappaPipeline(make_config(tmp_path / "reference", (1.0, 1.2))).execute()
     assert reference.tasks_done == 12
 
     original, calls = kappa_steps.MapRangeReader.read_into, []
@@ -263,13 +268,13 @@ def test_crash_mid_stage_then_rerun_gives_identical_maps(tmp_path, monkeypatch):
 
     monkeypatch.setattr(kappa_steps.MapRangeReader, "read_into", crash_after_five_tasks)
     with pytest.raises(Crash):
-        KappaPipeline(make_config(tmp_path / "crashed", (1.0, 1.5))).execute()
+        KappaPipeline(make_config(tmp_path / "crashed", (1.0, 1.2))).execute()
     assert not list((tmp_path / "crashed" / "kappa").glob("*.fits"))
     monkeypatch.setattr(kappa_steps.MapRangeReader, "read_into", original)
 
-    resumed = KappaPipeline(make_config(tmp_path / "crashed", (1.0, 1.5))).execute()
+    resumed = KappaPipeline(make_config(tmp_path / "crashed", (1.0, 1.2))).execute()
     assert resumed.tasks_skipped == 5 and resumed.tasks_done == 7
-    for zs in (1.0, 1.5):
+    for zs in (1.0, 1.2):
         name = f"kappa_zs{zs}_s7.fits"
         resumed_bytes = (tmp_path / "crashed" / "kappa" / name).read_bytes()
         assert resumed_bytes == (tmp_path / "reference" / "kappa" / name).read_bytes()
