@@ -91,6 +91,6 @@ def test_validate_refuses_a_source_beyond_the_light_cone(tmp_path):
         done = run_cli(["validate", config])
         assert done.returncode == exit_code, done.stderr
         if exit_code:
-            assert "kappa.source_redshifts: zs = 1.0 lies beyond the last mass sheet of the light cone" in done.stderr
+            assert "kappa.source_redshifts: zs = 1.0 lies beyond the light cone" in done.stderr
             assert "ends at z = 0.3158" in done.stderr and "zs = 0.2" not in done.stderr
     assert not (tmp_path / "out").exists()

@@ -116,7 +116,7 @@ def test_source_beyond_the_last_sheet_exits_2_on_every_rank_and_writes_nothing(t
     config.write_text(config.read_text().replace("- 1.2\n", "- 1.5\n"))
     failed = run_python(["-c", DRIVER, config], nranks=2)
     assert failed.returncode == 2, failed.stderr
-    assert "kappa.source_redshifts: zs = 1.5 lies beyond the last mass sheet" in failed.stderr
+    assert "kappa.source_redshifts: zs = 1.5 lies beyond the mass sheets in" in failed.stderr
     assert not (tmp_path / "kappa").exists() or not any((tmp_path / "kappa").iterdir())
 
 

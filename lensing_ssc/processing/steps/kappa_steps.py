@@ -382,7 +382,7 @@ def build_plan(config) -> KappaPlan:
     a_far = np.array([s.a_far for s in sheets])
     a_near = np.array([s.a_near for s in sheets])
     weights = born_weight_table(cosmo, a_far, a_near, source_redshifts)
-    check_source_reach(source_redshifts, 1.0 / a_far.min() - 1.0, f"the mass sheets of {directory}")
+    check_source_reach(source_redshifts, 1.0 / a_far.min() - 1.0, f"the mass sheets in {directory}")
     for k, zs in enumerate(source_redshifts):
         if not np.any(weights[k]):
             raise ConfigError([f"kappa.source_redshifts: zs = {zs} has no mass sheet in front of it (the "
@@ -405,11 +405,12 @@ def build_plan(config) -> KappaPlan:
 
 def check_source_reach(source_redshifts: Sequence[float], z_reach: float, sheets: str) -> None:
     """ConfigError naming ``kappa.source_redshifts`` for every source beyond ``z_reach``, the far edge of
-    the farthest shell of ``sheets`` (words naming them, for the message): its Born sum would miss the
-    lensing by the matter between that edge and the source. A source at the edge (to 1e-9) is fine."""
-    problems = [f"kappa.source_redshifts: zs = {zs} lies beyond the last mass sheet of {sheets} (the farthest "
-                f"ends at z = {z_reach:.4g}): its map would miss the lensing by the matter between z = "
-                f"{z_reach:.4g} and {zs}" for zs in source_redshifts if zs > z_reach * (1 + 1e-9)]
+    the farthest shell of ``sheets`` (words naming them, for the message: "the mass sheets in DIR"): its
+    Born sum would miss the lensing by the matter between that edge and the source. A source at the edge
+    (to 1e-9) is fine."""
+    problems = [f"kappa.source_redshifts: zs = {zs} lies beyond {sheets} (the farthest sheet ends at z = "
+                f"{z_reach:.4g}): its map would miss the lensing by the matter between z = {z_reach:.4g} and {zs}"
+                for zs in source_redshifts if zs > z_reach * (1 + 1e-9)]
     if problems:
         raise ConfigError(problems)
 

@@ -206,7 +206,7 @@ def test_sources_outside_the_sheets_are_config_errors(tmp_path):
     simple_sheets(tmp_path)  # sheets 50..55: z in [0.79, 1.0]
     with pytest.raises(ConfigError, match="kappa.source_redshifts.*no mass sheet in front of it"):
         KappaPipeline(make_config(tmp_path, (0.2,))).execute()
-    with pytest.raises(ConfigError, match=r"kappa.source_redshifts: zs = 1.01 lies beyond the last mass sheet .*"
+    with pytest.raises(ConfigError, match=r"kappa.source_redshifts: zs = 1.01 lies beyond the mass sheets in .*"
                                           r"ends at z = 1\b.* between z = 1 and 1.01"):
         KappaPipeline(make_config(tmp_path, (0.9, 1.01))).execute()
     assert not (tmp_path / "kappa").exists() or not any((tmp_path / "kappa").iterdir())
