@@ -162,7 +162,8 @@ class KappaPlan:
         return np.flatnonzero(self.weights[k])
 
     def header_cards(self, k: int, config) -> List[Tuple[str, object, str]]:
-        """FITS cards of the map of source ``k``; ``is_current`` compares the first five."""
+        """FITS cards of the map of source ``k``, ending with the weight of every summed sheet
+        (:func:`weight_card_key`); ``is_current`` compares the first five."""
         used = self.used(k)
         cards = [
             ("ZS", self.source_redshifts[k], "source redshift"),
@@ -183,7 +184,15 @@ class KappaPlan:
             cards.append(("FOOTPRNT", FOOTPRINT_FILE, "observed-sky map (same dir), 1 = observed"))
         if self.mock:
             cards.append(("MOCK", True, "made from a mock light cone"))
+        cards.extend((weight_card_key(self.sheets[i].index), float(self.weights[k, i]),
+                      f"Born weight of delta-sheet-{self.sheets[i].index:02d}") for i in used)
         return cards
+
+
+def weight_card_key(sheet_index: int) -> str:
+    """FITS key of a sheet's Born weight in a kappa map header: ``W`` and the index, at least three digits
+    (``W050``; FITS keys have at most 8 characters)."""
+    return f"W{sheet_index:03d}"
 
 
 def format_index_ranges(indices: Sequence[int]) -> str:

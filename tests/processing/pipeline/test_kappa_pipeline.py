@@ -87,6 +87,10 @@ def test_single_nonzero_sheet_gives_weight_times_delta_and_file_contract(tmp_pat
         assert header["ZS"] == zs and header["SEED"] == 123 and "MOCK" not in header
         assert header["SHEETS"] == f"{first_sheet}-79" and header["NSHEETS"] == 80 - first_sheet
         assert header["WHASH"] == weights_hash(weights_of(range(first_sheet, 80), zs))  # of the SHEETS
+        weight_keys = [key for key in header if key.startswith("W") and key[1:].isdigit()]
+        assert weight_keys == [f"W{i:03d}" for i in range(first_sheet, 80)]  # the summed sheets, in order
+        np.testing.assert_allclose([header[key] for key in weight_keys], weights_of(range(first_sheet, 80), zs),
+                                   rtol=1e-14)
         with fits.open(path) as hdus:
             assert hdus[1].columns[0].format.endswith("E")  # float32 on disk
 
