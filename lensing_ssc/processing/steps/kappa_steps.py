@@ -89,6 +89,9 @@ BLOCK_BUFFERS = 3
 # are reliable up to ell ~ 2 nside.
 VALIDATION_ELL_MIN = 10
 VALIDATION_NBINS = 8
+# The validation's one-number figure: the mean of C_meas/C_pred over this ell <= ell <= nside (Limber
+# and the linear P(k) of a mock hold there; it must lie within 10% of 1 for a mock at nside >= 128).
+VALIDATION_MEAN_ELL_MIN = 30
 # The validation runs by itself for real (non-mock) sheets when the usmesh names a linear P(k) table
 # that is found, up to this nside (anafast to 2 nside: seconds at 1024, minutes and GBs at 8192).
 AUTO_VALIDATION_MAX_NSIDE = 1024
@@ -617,6 +620,16 @@ def compare_binned_cl(measured: np.ndarray, predicted: np.ndarray, edges: np.nda
     return {"ell_edges": [int(e) for e in edges], **rows, "chi2": chi2, "dof": int(max(len(edges) - 1, 0))}
 
 
+def mean_cl_ratio(measured: np.ndarray, predicted: np.ndarray, ell_min: int, ell_max: int) -> Optional[float]:
+    """Mean over ell_min <= ell <= ell_max of measured / predicted C_ell (arrays indexed by ell; each ell
+    counts once, as "averaged over 30 <= ell <= nside" in the validation's acceptance figure), or None
+    when the range holds no ell of both arrays."""
+    ell = np.arange(int(ell_min), min(int(ell_max), measured.size - 1, predicted.size - 1) + 1)
+    if ell.size == 0:
+        return None
+    return float(np.mean(measured[ell] / predicted[ell]))
+
+
 def predicted_kappa_cl(lmax: int, cosmo, a_far, a_near, zs: float, pk_of_k_z, nside: int,
                        mean_particles_per_pixel=None) -> Tuple[np.ndarray, float]:
     """Prediction for a NESTED kappa map of the Born sum: (W_ell^2 C^Limber_ell for ell = 0..lmax, shot noise).
@@ -727,10 +740,16 @@ def validate_maps(config, plan: KappaPlan) -> Dict[str, object]:
     for zs, path in zip(plan.source_redshifts, plan.outputs):
         values, _ = read_nested_map(path)
         signal, shot = predicted_kappa_cl(lmax, cosmo, a_far, a_near, zs, pk, plan.nside, nbar)
-        result = compare_binned_cl(measured_cl(values, lmax, observed), signal + shot, edges, plan.fsky)
-        maps[str(zs)] = {"file": path, "cl_shot_noise": shot, **result}
+        measured = measured_cl(values, lmax, observed)
+        result = compare_binned_cl(measured, signal + shot, edges, plan.fsky)
+        mean_ratio = mean_cl_ratio(measured, signal + shot, VALIDATION_MEAN_ELL_MIN, plan.nside)
+        maps[str(zs)] = {"file": path, "cl_shot_noise": shot, **result, "mean_ratio": mean_ratio,
+                         "mean_ratio_ell": [VALIDATION_MEAN_ELL_MIN, plan.nside]}
+        mean_text = "" if mean_ratio is None else (
+            f"; mean C_meas/C_pred over {VALIDATION_MEAN_ELL_MIN} <= ell <= {plan.nside}: {mean_ratio:.3f}")
         lines = [f"kappa validation zs = {zs}: chi2/dof = {result['chi2']:.1f}/{result['dof']} "
-                 f"(shot noise {shot:.3g})", f"{'ell':>8} {'C_meas':>11} {'C_pred':>11} {'ratio':>7} {'+-':>6}"]
+                 f"(shot noise {shot:.3g}){mean_text}",
+                 f"{'ell':>8} {'C_meas':>11} {'C_pred':>11} {'ratio':>7} {'+-':>6}"]
         lines += [f"{e:8.1f} {m:11.4e} {p:11.4e} {r:7.3f} {s:6.3f}" for e, m, p, r, s in
                   zip(result["ell"], result["cl_measured"], result["cl_predicted"], result["ratio"],
                       result["sigma_ratio"])]
