@@ -118,6 +118,10 @@ def cmd_run(args) -> int:
                              f"expected some of {', '.join(STAGES)}")
     else:
         stages = [s for s in STAGES if s != "mock" or config.mock.enabled]
+    if {"preprocess", "kappa"} <= set(stages) and "mock" not in stages and config.data_dir:
+        # Before the preprocessing's hours, not after: the light cone must reach every source redshift
+        # (a light cone the mock stage is about to write is checked by the kappa stage, from its sheets).
+        root_then_bcast(get_comm(), lambda: _validate_inputs(config))
     return _run_stages(config, stages)
 
 

@@ -78,7 +78,7 @@ def test_an_error_every_rank_shares_is_printed_once(tmp_path):
     assert "no room (test)" in done.stderr
 
 
-def test_validate_refuses_a_source_beyond_the_light_cone(tmp_path):
+def test_validate_and_run_refuse_a_source_beyond_the_light_cone(tmp_path):
     """Before any sheet exists: the light cone's farthest shell (z = 0.316 for z_max = 0.3) bounds the sources."""
     from lensing_ssc.mock.lightcone import write_mock_lightcone
 
@@ -93,4 +93,9 @@ def test_validate_refuses_a_source_beyond_the_light_cone(tmp_path):
         if exit_code:
             assert "kappa.source_redshifts: zs = 1.0 lies beyond the light cone" in done.stderr
             assert "ends at z = 0.3158" in done.stderr and "zs = 0.2" not in done.stderr
-    assert not (tmp_path / "out").exists()
+            refused = run_cli(["run", config])  # before any sheet is made
+            assert refused.returncode == 2 and "zs = 1.0 lies beyond the light cone" in refused.stderr
+            assert not (tmp_path / "out" / "mass_sheets").exists()
+    config.write_text(config.read_text().replace("- 0.3", "- 1.0"))
+    preprocessed = run_cli(["run", config, "--stages", "preprocess"])  # kappa not asked for: no check
+    assert preprocessed.returncode == 0, preprocessed.stderr
