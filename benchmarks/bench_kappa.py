@@ -6,11 +6,13 @@ A_FAR, A_NEAR, SEED); the scale-factor edges split [0.28, 1] evenly, so every sh
 some of the 5 sources (zs = 0.5, 1, 1.5, 2, 2.5) and is read.
 
 * baseline (a): every sheet read once, whole, into float64 with the reader the stage uses
-  (``MapRangeReader``: header parsed once, pixels by ``pread``), in this process, page cache warm,
-  best of ``--repeat``; for comparison also (a0) ``healpy.read_map`` of every sheet (float64) and
-  (a') the stage's reader on its blocks of ``BORN_BLOCK_PIXELS`` pixels into one reused buffer (no
-  whole map in memory: from nside ~1024 up much faster than (a), whose fresh 8 B/pixel arrays cost
-  page faults). The ratios are printed against (a) and against the faster of (a) and (a');
+  (``MapRangeReader``: header parsed once, pixels by ``pread``); for comparison also (a0)
+  ``healpy.read_map`` of every sheet (float64) and (a') the stage's reader on pieces of
+  ``BORN_READ_PIXELS`` pixels (the ranges the stage reads) into one reused buffer (no whole map in
+  memory: from nside ~1024 up much faster than (a), whose fresh 8 B/pixel arrays cost page faults).
+  Each baseline runs as the pipeline does: in a fresh python process, one pass timed after the imports,
+  once per repetition between the pipeline runs, the best kept. The ratios are printed against (a) and
+  against the faster of (a) and (a');
 * (b) ``KappaPipeline`` on 1 and on 2 ranks (children: plain python / ``mpiexec -n 2``), each run in
   a fresh output directory, the sheets shared through a symlink; ``--repeat`` runs per rank count,
   interleaved, the best kept.
@@ -47,7 +49,7 @@ from conftest import run_python  # noqa: E402  (launches python on 1..n ranks in
 import healpy as hp  # noqa: E402
 
 from lensing_ssc.io.healpix_maps import MapRangeReader, read_header_and_layout, write_nested_map  # noqa: E402
-from lensing_ssc.processing.steps.kappa_steps import BORN_BLOCK_PIXELS, MAX_PIXELS_PER_TASK  # noqa: E402
+from lensing_ssc.processing.steps.kappa_steps import BORN_READ_PIXELS, MAX_PIXELS_PER_TASK  # noqa: E402
 
 SOURCES = (0.5, 1.0, 1.5, 2.0, 2.5)
 TARGET_RATIO = 1.3
@@ -103,22 +105,49 @@ def evict(paths):
             os.close(fd)
 
 
-def best_time(function, repeat, before=lambda: None):
-    best = np.inf
-    for _ in range(repeat):
-        before()
-        began = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - began)
-    return best
-
-
 def read_ranges(paths, ranges):
     """Read every path once over the given pixel ranges into float64, with the stage's reader."""
     for path in paths:
         with MapRangeReader(read_header_and_layout(path)[1]) as reader:
             for start, stop in ranges:
                 reader.read_into(start, stop, np.empty(stop - start))
+
+
+def read_whole(paths, npix):
+    read_ranges(paths, [(0, npix)])
+
+
+def read_pieces(paths, npix):
+    piece = min(BORN_READ_PIXELS, npix // 12, MAX_PIXELS_PER_TASK)
+    read_ranges(paths, [(start, start + piece) for start in range(0, npix, piece)])
+
+
+def read_healpy(paths, npix):
+    for path in paths:
+        hp.read_map(str(path), nest=True, dtype=np.float64)
+
+
+READS = {"a": read_whole, "a'": read_pieces, "a0": read_healpy}
+# A baseline read in a fresh process, timed after the imports as the pipeline's execute() is.
+READ_DRIVER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from bench_kappa import READS
+paths = sorted(Path(sys.argv[3]).glob("delta-sheet-*.fits"))
+began = time.perf_counter()
+READS[sys.argv[2]](paths, 12 * int(sys.argv[4])**2)
+print("READ", time.perf_counter() - began, flush=True)
+"""
+
+
+def run_read(mode, sheets_dir, nside, timeout=3600):
+    """Seconds of one baseline read (``READS[mode]``) of every sheet in a fresh python process."""
+    done = run_python(["-c", READ_DRIVER, str(Path(__file__).parent), mode, str(sheets_dir), str(nside)],
+                      timeout=timeout)
+    if done.returncode != 0:
+        raise SystemExit(f"baseline read ({mode}) failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return float(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("READ ")))
 
 
 def run_kappa(config_path, nranks, timeout=3600):
@@ -156,15 +185,11 @@ def main():
               f"{npix // per_task} tasks of {per_task} pixels; load average {os.getloadavg()[0]:.2f}")
         cold = (lambda: evict(paths)) if args.cold else (lambda: None)
         print("page cache: " + ("cold (sheets evicted before every read and run)" if args.cold else "warm"))
-        baseline = best_time(lambda: read_ranges(paths, [(0, npix)]), args.repeat, cold)
-        healpy_read = best_time(lambda: [hp.read_map(str(p), nest=True, dtype=np.float64).sum() for p in paths],
-                                args.repeat, cold)  # .sum(): keep no map, so the children do not inherit a big RSS
-        block = min(BORN_BLOCK_PIXELS, per_task)
-        blocked = best_time(lambda: read_ranges(paths, [(s, s + block) for s in range(0, npix, block)]),
-                            args.repeat, cold)
-        print(f"(a)  read every sheet once, whole (stage reader): {baseline:6.2f} s ({size_mb / baseline:.0f} MB/s)")
-        print(f"(a0) healpy.read_map of every sheet:             {healpy_read:6.2f} s ({healpy_read / baseline:.2f}x (a))")
-        print(f"(a') stage reader on its {npix // block} blocks per sheet:   {blocked:6.2f} s ({blocked / baseline:.2f}x (a))")
+        piece = min(BORN_READ_PIXELS, per_task)
+        print(f"baselines, each in a fresh process like the pipeline (one pass after the imports): (a) every sheet "
+              f"read once, whole, with the stage's reader; (a') the same on its {npix // piece} pieces per sheet; "
+              "(a0) healpy.read_map")
+        reads = {mode: [] for mode in READS}
 
         maps, runs = {}, {n: [] for n in rank_counts}
         for repetition in range(args.repeat):  # rank counts interleaved, so load changes hit both
@@ -175,6 +200,12 @@ def main():
                 config = out / "kappa.yaml"
                 config.write_text(yaml.safe_dump({"output_dir": str(out),
                                                   "kappa": {"source_redshifts": list(SOURCES)}}))
+                if nranks == rank_counts[0]:  # the baselines once per repetition, between the pipeline runs
+                    for mode in READS:
+                        cold()
+                        reads[mode].append(run_read(mode, sheets_dir, args.nside))
+                    print(f"\nreads, run {repetition + 1}: " + ", ".join(f"({mode}) {reads[mode][-1]:.2f} s"
+                                                                     for mode in READS))
                 cold()
                 wall, rows = run_kappa(config, nranks)
                 execute = max(row["execute_s"] for row in rows)
@@ -192,6 +223,10 @@ def main():
                 maps.setdefault(nranks, {zs: (out / "kappa" / f"kappa_zs{zs}_s42.fits").read_bytes()
                                          for zs in SOURCES})
 
+        baseline, blocked, healpy_read = (min(reads[mode]) for mode in READS)
+        print(f"\n(a)  read every sheet once, whole (stage reader): {baseline:6.2f} s ({size_mb / baseline:.0f} MB/s)")
+        print(f"(a0) healpy.read_map of every sheet:             {healpy_read:6.2f} s ({healpy_read / baseline:.2f}x (a))")
+        print(f"(a') stage reader on its {npix // piece} pieces per sheet:   {blocked:6.2f} s ({blocked / baseline:.2f}x (a))")
         floor = min(baseline, blocked)
         print(f"\nbest of {args.repeat} run(s), ratios to (a) = {baseline:.2f} s and to the fastest read "
               f"min((a), (a')) = {floor:.2f} s:")

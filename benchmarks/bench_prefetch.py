@@ -36,9 +36,9 @@ variant), and the rows tallied to be the same. Peak traced memory (tracemalloc, 
 included) of each variant is taken in a separate pass, so that tracing does not disturb the timings.
 
 (b) Kappa: ``kappa_steps.born_sum_range`` over one task (``--kappa-pixels`` NESTED pixels) of
-``--nsheets`` float32 sheets (nside ``--kappa-nside``) and 5 sources, with its block loop not
+``--nsheets`` float32 sheets (nside ``--kappa-nside``) and 5 sources, with its loop over read pieces not
 prefetched (``serial``) and prefetched at depth 1 (the production wiring), against reading the same
-blocks only; results are checked to be equal.
+pieces only; results are checked to be equal.
 
 First printed: the overlap ceiling of the machine (two copies of a memory-bound numpy loop in two
 threads vs one after the other); on this project's 2-vCPU machine it is far below 2, which caps
@@ -67,7 +67,7 @@ from lensing_ssc.io.healpix_maps import MapRangeReader, read_header_and_layout, 
 from lensing_ssc.io.prefetch import prefetched
 from lensing_ssc.io.usmesh import UsmeshCatalog
 from lensing_ssc.processing.steps import kappa_steps, preprocessing_steps
-from lensing_ssc.processing.steps.kappa_steps import BORN_BLOCK_PIXELS, SheetInfo
+from lensing_ssc.processing.steps.kappa_steps import BORN_READ_PIXELS, SheetInfo
 from lensing_ssc.processing.steps.preprocessing_steps import (_MASS_BLOCK, MAX_SORTED_RUNS, SLICE_ROW_MARGIN, RowTally,
                                                               sheet_mass_blocks)
 from lensing_ssc.science.sorted_runs import merged_mass_blocks
@@ -281,13 +281,13 @@ def bench_kappa(directory: Path, nside: int, nsheets: int, pixels: int, repeat: 
                                 read_header_and_layout(path)[1]))
     weights = rng.random((5, nsheets)) * (rng.random((5, nsheets)) < 0.8)
     start, stop = npix // 3, npix // 3 + pixels
-    block = min(BORN_BLOCK_PIXELS, pixels)
+    piece = min(BORN_READ_PIXELS, pixels)
 
     def read_only():
         for sheet in sheets:
             with MapRangeReader(sheet.layout) as reader:
-                for first in range(start, stop, block):
-                    reader.read_into(first, first + block, np.empty(block))
+                for first in range(start, stop, piece):
+                    reader.read_into(first, first + piece, np.empty(piece))
 
     def born_sum(depth):
         with chunk_loop_prefetch(depth, kappa_steps) as replacement:
@@ -296,7 +296,7 @@ def bench_kappa(directory: Path, nside: int, nsheets: int, pixels: int, repeat: 
             raise AssertionError("born_sum_range no longer calls prefetched: the variants would be equal")
         return total
 
-    variants = {"serial": 0, "prefetch d1": 1}  # the stage's block ring holds depth 1 only
+    variants = {"serial": 0, "prefetch d1": 1}  # the stage's ring of read pieces holds depth 1 only
     best = {name: np.inf for name in ("read only", *variants)}
     reference = born_sum(0)
     for _ in range(repeat):

@@ -156,12 +156,16 @@ class MapRangeReader:
                              os.POSIX_FADV_WILLNEED)
 
     def read_into(self, start: int, stop: int, out: np.ndarray) -> None:
-        """Pixels ``[start, stop)`` converted into ``out`` (shape (stop - start,), any float type)."""
+        """Pixels ``[start, stop)`` converted into ``out`` (shape (stop - start,), any float type). An
+        ``out`` of the stored type (e.g. ``'>f4'``), contiguous, receives the file's bytes directly."""
         if not 0 <= start <= stop <= self.layout.npix:
             raise ValueError(f"pixel range [{start}, {stop}) outside the map's {self.layout.npix} pixels")
-        if self._buffer.size < stop - start:
+        if out.shape != (stop - start,):
+            raise ValueError(f"output of shape {out.shape} for the {stop - start} pixels [{start}, {stop})")
+        direct = out.dtype == self._stored and out.flags.c_contiguous
+        if not direct and self._buffer.size < stop - start:
             self._buffer = np.empty(stop - start, dtype=self._stored)
-        raw = self._buffer[:stop - start]
+        raw = out if direct else self._buffer[:stop - start]
         view = memoryview(raw).cast("B")
         offset = self.layout.data_offset + start * self._stored.itemsize
         done = 0
@@ -172,7 +176,8 @@ class MapRangeReader:
                                  f"{start + done // self._stored.itemsize}); expected {self.layout.npix} "
                                  "pixels: truncated or still being written")
             done += got
-        np.copyto(out, raw)
+        if not direct:
+            np.copyto(out, raw)
 
 
 # Pixels per block when write_nested_map streams an in-memory map (4-8 MiB converted at a time).

@@ -120,8 +120,17 @@ def test_ranges_read_by_pread_equal_astropy_reads(tmp_path, dtype):
             reader.read_into(start, stop, out)
             np.testing.assert_array_equal(out, whole[start:stop])
             np.testing.assert_array_equal(out, read_nested_range(path, start, stop))
+            stored = np.empty(stop - start, dtype=layout.dtype)  # the file's own bytes, read without a copy
+            reader.read_into(start, stop, stored)
+            assert stored.tobytes() == whole[start:stop].astype(layout.dtype).tobytes()
+        rows = np.empty((2, 40), dtype=layout.dtype)  # rows of a matrix of the stored type, as the Born sum reads
+        reader.read_into(100, 140, rows[1])
+        np.testing.assert_array_equal(rows[1], whole[100:140])
         with pytest.raises(ValueError, match="outside the map"):
             reader.read_into(10, layout.npix + 1, np.empty(layout.npix - 9))
+        for out in (np.empty(29), np.empty(31, dtype=layout.dtype), np.empty((2, 15), dtype=layout.dtype)):
+            with pytest.raises(ValueError, match=r"output of shape .* for the 30 pixels \[0, 30\)"):
+                reader.read_into(0, 30, out)
     for start, stop in [(10, 5), (0, layout.npix + 1)]:
         with pytest.raises(ValueError, match="outside the map"):
             read_nested_range(path, start, stop)

@@ -75,16 +75,22 @@ SHEET_NAME = re.compile(r"^delta-sheet-(\d+)\.fits$")
 # with the read buffers) and gives 768 tasks at nside 8192. A power of 4, so a task is a NESTED sub-tree
 # and divides every map with nside >= 1024; smaller maps use one base pixel (nside^2 pixels) per task.
 MAX_PIXELS_PER_TASK = 2**20
-# Pixels per Born-sum block: a power of 2, so it divides every task range; the block's float64 deltas
-# (n_sheets x 2^14 x 8 B: 7.5 MB for 60 sheets) stay near the cache. Measured on 60 sheets at nside
-# 512: 2^11 0.86 s, 2^12 0.62 s, 2^14 0.41 s per full sky (read + convert + sum).
-BORN_BLOCK_PIXELS = 2**14
+# Pixels per sheet read: a power of 2, so it divides every task range. Each read fills one row of a
+# matrix of the used sheets' stored values (n_sheets x 2^15 x 4 B: 7.5 MB for 60 float32 sheets), read
+# by a thread while the matrix before is summed. Measured on 60 sheets at nside 512 with 2^11-pixel
+# products (read + convert + sum, full sky, page cache warm): 2^15 0.17 s, 2^16 0.17 s, 2^17 0.19-0.20 s.
+BORN_READ_PIXELS = 2**15
+# Pixels per Born product (a power of 2 dividing BORN_READ_PIXELS): a block's float64 deltas (60 sheets
+# x 2^11 x 8 B: 1 MB) stay in the core's L2 cache between the conversion and the product. Measured as
+# above with 2^15-pixel reads: 2^10 0.17-0.19 s, 2^11 0.17 s, 2^12 0.21 s (and 0.41 s for the earlier
+# 2^14-pixel blocks read sheet by sheet).
+BORN_BLOCK_PIXELS = 2**11
 # A delta at or below this is healpy's UNSEEN sentinel (-1.6375e30), also after a float32 round trip
 # (healpy's mask_bad tolerance, rtol 1e-5); NaN compares False, so "lowest > UNSEEN_OR_BELOW" is
 # also a NaN check.
 UNSEEN_OR_BELOW = hp.UNSEEN * (1 - 1e-5)
-# Block matrices in memory at once: the one being summed, one waiting, one being read (prefetch depth 1).
-BLOCK_BUFFERS = 3
+# Read matrices in memory at once: the one being summed, one waiting, one being read (prefetch depth 1).
+READ_BUFFERS = 3
 # Validation binning: Limber through thin shells is good for ell >~ 10; the pixel window and anafast
 # are reliable up to ell ~ 2 nside.
 VALIDATION_ELL_MIN = 10
@@ -430,11 +436,12 @@ def check_source_reach(source_redshifts: Sequence[float], z_reach: float, sheets
 def estimate_memory_mb(nside: int, n_sources: int, n_sheets: int) -> float:
     """Peak MiB per rank of the dominant arrays of a task: its float64 sums of every source (8 B per
     pixel and source), the footprint range (float32 and its mask, 5 B), the range of one source as
-    written (big-endian float32, 4 B), and a block of every used sheet as stored float32 and in
-    BLOCK_BUFFERS float64 matrices."""
+    written (big-endian float32, 4 B), READ_BUFFERS matrices of every used sheet's read range as stored
+    (float32 sheets; float64 ones take twice that) and one float64 block of deltas."""
     pixels = min(nside**2, MAX_PIXELS_PER_TASK)  # KappaPlan.pixels_per_task
-    block_bytes = n_sheets * min(BORN_BLOCK_PIXELS, pixels) * (8 * BLOCK_BUFFERS + 4)
-    return (pixels * (8 * n_sources + 9) + block_bytes) / 2**20
+    read = min(BORN_READ_PIXELS, pixels)
+    sheet_bytes = n_sheets * (4 * READ_BUFFERS * read + 8 * min(BORN_BLOCK_PIXELS, read))
+    return (pixels * (8 * n_sources + 9) + sheet_bytes) / 2**20
 
 
 def _check_resources(config, plan: KappaPlan) -> None:
@@ -451,25 +458,26 @@ def _check_resources(config, plan: KappaPlan) -> None:
 class BornSums:
     """The Born sums of one rank over NESTED pixel ranges, one range at a time (:meth:`sum_range`).
 
-    The used sheets (those with a non-zero weight) and the footprint stay open and the block buffers are
-    kept from range to range: reopening 60 sheets and faulting in fresh buffers for every task cost about
-    a third of the stage at nside 512. Use as a context manager.
+    The used sheets (those with a non-zero weight) and the footprint stay open and the buffers are kept
+    from range to range: reopening 60 sheets and faulting in fresh buffers for every task cost about a
+    third of the stage at nside 512. Use as a context manager.
 
-    Each range is summed in blocks of ``BORN_BLOCK_PIXELS``: each block's slice of every used sheet is
-    read (straight from the file, :class:`MapRangeReader`) into a float64 matrix (n_used_sheets, block)
-    and kappa = weights @ deltas is one BLAS product (run it with BLAS on one thread per rank, as
-    :class:`BornSumStep` does, or OpenBLAS's threads fight the other ranks). The rounding of a product
-    depends on its shape and the CPU's BLAS kernel, never on where the block lies, and every task range
-    is a whole number of equal blocks: so the maps are the same bytes for any number of ranks or tasks on
-    one type of CPU (the sum over sheets is float64 either way). With a ``footprint`` map (path; 1 =
-    observed), kappa is set to 0 in the unobserved pixels. When a spare core is there, the next block is
-    read while the current one is summed (:func:`prefetched`).
+    A range is read in pieces of ``BORN_READ_PIXELS``: the piece of every used sheet goes by ``pread``,
+    unconverted, into one row of a matrix of the sheets' stored type (n_used_sheets, piece), by a reader
+    thread when a spare core is there (:func:`prefetched`), while the main thread sums the piece before.
+    It sums a piece in blocks of ``BORN_BLOCK_PIXELS``: the block is converted to float64 (a matrix that
+    stays in the core's cache) and kappa = weights @ deltas is one BLAS product (run it with BLAS on one
+    thread per rank, as :class:`BornSumStep` does, or OpenBLAS's threads fight the other ranks). The
+    rounding of a product depends on its shape and the CPU's BLAS kernel, never on where the block lies,
+    and every task range is a whole number of equal blocks: so the maps are the same bytes for any number
+    of ranks or tasks on one type of CPU (the sum over sheets is float64 either way). With a
+    ``footprint`` map (path; 1 = observed), kappa is set to 0 in the unobserved pixels.
 
     Bad deltas are found through the product, which is 12x smaller than the deltas for 60 sheets and 5
     sources: a NaN or infinite delta makes kappa NaN or infinite, and an UNSEEN one moves the kappa of
     the source that weights its sheet most by at least ``|UNSEEN| x`` that weight (weights are >= 0 and a
-    used sheet has one > 0). Only a block of kappa outside :func:`bad_delta_bound` is searched sheet by
-    sheet, which raises InputError naming the sheet for non-finite or UNSEEN values.
+    used sheet has one > 0). Only a piece whose kappa lies outside :func:`bad_delta_bound` is searched
+    sheet by sheet, which raises InputError naming the sheet for non-finite or UNSEEN values.
     """
 
     def __init__(self, sheets: Sequence[SheetInfo], weights: np.ndarray, footprint: Optional[str] = None):
@@ -481,7 +489,11 @@ class BornSums:
         self._readers = [self._stack.enter_context(MapRangeReader(sheet.layout)) for sheet in self.sheets]
         self._footprint = (None if footprint is None else
                            self._stack.enter_context(MapRangeReader(read_header_and_layout(footprint)[1])))
-        self._buffers = [np.empty((len(used), BORN_BLOCK_PIXELS)) for _ in range(BLOCK_BUFFERS)]
+        stored_types = {np.dtype(sheet.layout.dtype) for sheet in self.sheets}
+        # The sheets' own type, read without conversion; float64 when they differ (e.g. >f4 and >f8).
+        stored = stored_types.pop() if len(stored_types) == 1 else np.dtype(np.float64)
+        self._pieces = [np.empty((len(used), BORN_READ_PIXELS), dtype=stored) for _ in range(READ_BUFFERS)]
+        self._deltas = np.empty((len(used), BORN_BLOCK_PIXELS))
         self._total = np.empty((self.weights.shape[0], 0))
 
     def __enter__(self) -> "BornSums":
@@ -504,15 +516,19 @@ class BornSums:
             self._total = np.empty((self.weights.shape[0], stop - start))
         total = self._total[:, :stop - start]
         with contextlib.ExitStack() as stack:
-            blocks = _sheet_blocks(self._readers, self._buffers, start, stop)
+            pieces = _sheet_pieces(self._readers, self._pieces, start, stop)
             if has_spare_core():
-                blocks = stack.enter_context(contextlib.closing(prefetched(blocks, depth=1)))
-            for first, deltas in blocks:
-                kappa = total[:, first - start:first - start + deltas.shape[1]]
-                with np.errstate(invalid="ignore"):  # 0 x inf of a bad delta: reported just below
-                    np.matmul(self.weights, deltas, out=kappa)
+                pieces = stack.enter_context(contextlib.closing(prefetched(pieces, depth=1)))
+            stack.enter_context(np.errstate(invalid="ignore"))  # 0 x inf of a bad delta: reported below
+            for first, stored in pieces:
+                kappa = total[:, first - start:first - start + stored.shape[1]]
+                for offset in range(0, stored.shape[1], BORN_BLOCK_PIXELS):
+                    block = stored[:, offset:offset + BORN_BLOCK_PIXELS]
+                    deltas = self._deltas[:, :block.shape[1]]
+                    np.copyto(deltas, block)
+                    np.matmul(self.weights, deltas, out=kappa[:, offset:offset + block.shape[1]])
                 if not (-self.bound < kappa.min() and kappa.max() < self.bound):  # NaN fails both
-                    _check_deltas(self.sheets, deltas, first)
+                    _check_deltas(self.sheets, stored.astype(np.float64), first)
         if self._footprint is not None:
             observed = np.empty(stop - start, dtype=np.float32)
             self._footprint.read_into(start, stop, observed)
@@ -538,17 +554,17 @@ def bad_delta_bound(weights: np.ndarray) -> float:
     return 0.5 * abs(hp.UNSEEN) * float(np.abs(weights).max(axis=0).min())
 
 
-def _sheet_blocks(readers: Sequence[MapRangeReader], buffers: Sequence[np.ndarray], start: int, stop: int):
-    """Yield ``(first pixel, deltas)`` per block of [start, stop) of ``BORN_BLOCK_PIXELS`` pixels: deltas
-    float64 (n_readers, pixels in block), a view of one of ``buffers`` (matrices of that shape, used in
-    turn: a consumer reading at most ``len(buffers) - 2`` blocks ahead through ``prefetched`` never sees
-    one overwritten)."""
-    for number, first in enumerate(range(start, stop, BORN_BLOCK_PIXELS)):
-        last = min(first + BORN_BLOCK_PIXELS, stop)
-        deltas = buffers[number % len(buffers)][:, :last - first]
-        for reader, row in zip(readers, deltas):
+def _sheet_pieces(readers: Sequence[MapRangeReader], buffers: Sequence[np.ndarray], start: int, stop: int):
+    """Yield ``(first pixel, stored)`` per piece of [start, stop) of ``BORN_READ_PIXELS`` pixels: stored
+    (n_readers, pixels in piece), each reader's values in the buffers' type, a view of one of ``buffers``
+    (matrices of at least that shape, used in turn: a consumer reading at most ``len(buffers) - 2``
+    pieces ahead through ``prefetched`` never sees one overwritten)."""
+    for number, first in enumerate(range(start, stop, BORN_READ_PIXELS)):
+        last = min(first + BORN_READ_PIXELS, stop)
+        stored = buffers[number % len(buffers)][:, :last - first]
+        for reader, row in zip(readers, stored):
             reader.read_into(first, last, row)
-        yield first, deltas
+        yield first, stored
 
 
 def _check_deltas(sheets: Sequence[SheetInfo], deltas: np.ndarray, first: int) -> None:

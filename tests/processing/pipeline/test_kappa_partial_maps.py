@@ -198,7 +198,8 @@ def test_non_finite_delta_in_a_sheet_used_by_one_source_is_reported(tmp_path, mo
     weights = np.array([[0.02, 0.0, 0.01, 0.01],
                         [0.01, 0.0, 0.02, 0.02],
                         [0.03, 1e-3, 0.03, 0.03]])  # sheet 51 is used by the third source only
-    monkeypatch.setattr(kappa_steps, "BORN_BLOCK_PIXELS", 16)  # the bad pixel lies in block 8 of 12
+    monkeypatch.setattr(kappa_steps, "BORN_READ_PIXELS", 16)  # the bad pixel lies in piece 8 of 12
+    monkeypatch.setattr(kappa_steps, "BORN_BLOCK_PIXELS", 8)
     with pytest.raises(InputError) as caught:
         kappa_steps.born_sum_range(sheets, weights, 0, 12 * NSIDE**2)
     message = str(caught.value)

@@ -170,7 +170,8 @@ def test_blocked_born_sum_is_position_independent_and_matches_an_exact_sum(tmp_p
     sheets, _, _, _ = kappa_steps.discover_sheets(tmp_path / "mass_sheets")
     weights = np.stack([weights_of(range(40, 60), zs) for zs in (0.8, 1.0, 1.5)])
     weights[1, 3] = 0.0  # a sheet used by some sources only
-    monkeypatch.setattr(kappa_steps, "BORN_BLOCK_PIXELS", 16)
+    monkeypatch.setattr(kappa_steps, "BORN_READ_PIXELS", 16)  # 4 pieces of 2 products for pixels 0-63
+    monkeypatch.setattr(kappa_steps, "BORN_BLOCK_PIXELS", 8)
     if not prefetch:
         monkeypatch.setattr(kappa_steps, "prefetched", lambda blocks, depth: blocks)
     whole = kappa_steps.born_sum_range(sheets, weights, 0, 64)
