@@ -30,6 +30,7 @@ taken as full sky (FSKY = 1).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -38,7 +39,7 @@ import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import healpy as hp
 import numpy as np
@@ -465,7 +466,10 @@ class BornSums:
     A range is read in pieces of ``BORN_READ_PIXELS``: the piece of every used sheet goes by ``pread``,
     unconverted, into one row of a matrix of the sheets' stored type (n_used_sheets, piece), by a reader
     thread when a spare core is there (:func:`prefetched`), while the main thread sums the piece before.
-    It sums a piece in blocks of ``BORN_BLOCK_PIXELS``: the block is converted to float64 (a matrix that
+    Given the ``ranges`` it will be asked for, in order (a rank's tasks), it reads ahead across them: the
+    next range's first piece is read while the last of this one is summed and its kappa written, and the
+    kernel is asked (:meth:`will_need`) for the next range's pixels when a range starts. A range asked
+    for out of that order is read on its own. It sums a piece in blocks of ``BORN_BLOCK_PIXELS``: the block is converted to float64 (a matrix that
     stays in the core's cache) and kappa = weights @ deltas is one BLAS product (run it with BLAS on one
     thread per rank, as :class:`BornSumStep` does, or OpenBLAS's threads fight the other ranks). The
     rounding of a product depends on its shape and the CPU's BLAS kernel, never on where the block lies,
@@ -480,7 +484,8 @@ class BornSums:
     sheet by sheet, which raises InputError naming the sheet for non-finite or UNSEEN values.
     """
 
-    def __init__(self, sheets: Sequence[SheetInfo], weights: np.ndarray, footprint: Optional[str] = None):
+    def __init__(self, sheets: Sequence[SheetInfo], weights: np.ndarray, footprint: Optional[str] = None,
+                 ranges: Sequence[Tuple[int, int]] = ()):
         used = [i for i in range(len(sheets)) if np.any(weights[:, i])]
         self.sheets = [sheets[i] for i in used]
         self.weights = np.ascontiguousarray(weights[:, used], dtype=np.float64)
@@ -495,12 +500,39 @@ class BornSums:
         self._pieces = [np.empty((len(used), BORN_READ_PIXELS), dtype=stored) for _ in range(READ_BUFFERS)]
         self._deltas = np.empty((len(used), BORN_BLOCK_PIXELS))
         self._total = np.empty((self.weights.shape[0], 0))
+        self._ranges = [(int(first), int(last)) for first, last in ranges]
+        self._stream: Optional[Iterator[Tuple[int, np.ndarray]]] = None  # pieces read ahead ...
+        self._upcoming: List[Tuple[int, int]] = []  # ... of these ranges, in order
+        if self._ranges:
+            self.will_need(*self._ranges[0])
 
     def __enter__(self) -> "BornSums":
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self._close_stream()
         self._stack.close()
+
+    def _close_stream(self) -> None:
+        """Stop reading ahead (the reader thread, if any, is joined)."""
+        if self._stream is not None:
+            self._stream.close()
+        self._stream, self._upcoming = None, []
+
+    def _pieces_of(self, start: int, stop: int) -> Iterator[Tuple[int, np.ndarray]]:
+        """The pieces of [start, stop) (:func:`_sheet_pieces`): from the read-ahead stream when [start, stop)
+        is the range it reads next; otherwise a new stream from this range on, over the later ones of
+        ``ranges`` when it is one of them."""
+        if not self._upcoming or self._upcoming[0] != (start, stop):
+            self._close_stream()
+            later = self._ranges[self._ranges.index((start, stop)):] if (start, stop) in self._ranges else [(start, stop)]
+            pieces = _sheet_pieces(self._readers, self._pieces, later)
+            self._stream = prefetched(pieces, depth=1) if has_spare_core() else pieces
+            self._upcoming = list(later)  # popped below; the generator keeps its own list
+        self._upcoming.pop(0)
+        if self._upcoming:
+            self.will_need(*self._upcoming[0])
+        return itertools.islice(self._stream, -(-(stop - start) // BORN_READ_PIXELS))
 
     def will_need(self, start: int, stop: int) -> None:
         """Have the kernel read NESTED pixels [start, stop) of every used sheet (and the footprint) into
@@ -515,25 +547,29 @@ class BornSums:
         if self._total.shape[1] < stop - start:
             self._total = np.empty((self.weights.shape[0], stop - start))
         total = self._total[:, :stop - start]
-        with contextlib.ExitStack() as stack:
-            pieces = _sheet_pieces(self._readers, self._pieces, start, stop)
-            if has_spare_core():
-                pieces = stack.enter_context(contextlib.closing(prefetched(pieces, depth=1)))
-            stack.enter_context(np.errstate(invalid="ignore"))  # 0 x inf of a bad delta: reported below
-            for first, stored in pieces:
-                kappa = total[:, first - start:first - start + stored.shape[1]]
-                for offset in range(0, stored.shape[1], BORN_BLOCK_PIXELS):
-                    block = stored[:, offset:offset + BORN_BLOCK_PIXELS]
-                    deltas = self._deltas[:, :block.shape[1]]
-                    np.copyto(deltas, block)
-                    np.matmul(self.weights, deltas, out=kappa[:, offset:offset + block.shape[1]])
-                if not (-self.bound < kappa.min() and kappa.max() < self.bound):  # NaN fails both
-                    _check_deltas(self.sheets, stored.astype(np.float64), first)
+        try:
+            with np.errstate(invalid="ignore"):  # 0 x inf of a bad delta: reported below
+                self._sum_pieces(self._pieces_of(start, stop), start, total)
+        except BaseException:
+            self._close_stream()  # a retried or next range starts afresh
+            raise
         if self._footprint is not None:
             observed = np.empty(stop - start, dtype=np.float32)
             self._footprint.read_into(start, stop, observed)
             total[:, observed == 0] = 0.0
         return total
+
+    def _sum_pieces(self, pieces: Iterable[Tuple[int, np.ndarray]], start: int, total: np.ndarray) -> None:
+        """kappa of the ``pieces`` (first pixel, stored deltas) into ``total`` (its column 0 is ``start``)."""
+        for first, stored in pieces:
+            kappa = total[:, first - start:first - start + stored.shape[1]]
+            for offset in range(0, stored.shape[1], BORN_BLOCK_PIXELS):
+                block = stored[:, offset:offset + BORN_BLOCK_PIXELS]
+                deltas = self._deltas[:, :block.shape[1]]
+                np.copyto(deltas, block)
+                np.matmul(self.weights, deltas, out=kappa[:, offset:offset + block.shape[1]])
+            if not (-self.bound < kappa.min() and kappa.max() < self.bound):  # NaN fails both
+                _check_deltas(self.sheets, stored.astype(np.float64), first)
 
 
 def born_sum_range(sheets: Sequence[SheetInfo], weights: np.ndarray, start: int, stop: int,
@@ -554,13 +590,15 @@ def bad_delta_bound(weights: np.ndarray) -> float:
     return 0.5 * abs(hp.UNSEEN) * float(np.abs(weights).max(axis=0).min())
 
 
-def _sheet_pieces(readers: Sequence[MapRangeReader], buffers: Sequence[np.ndarray], start: int, stop: int):
-    """Yield ``(first pixel, stored)`` per piece of [start, stop) of ``BORN_READ_PIXELS`` pixels: stored
-    (n_readers, pixels in piece), each reader's values in the buffers' type, a view of one of ``buffers``
-    (matrices of at least that shape, used in turn: a consumer reading at most ``len(buffers) - 2``
-    pieces ahead through ``prefetched`` never sees one overwritten)."""
-    for number, first in enumerate(range(start, stop, BORN_READ_PIXELS)):
-        last = min(first + BORN_READ_PIXELS, stop)
+def _sheet_pieces(readers: Sequence[MapRangeReader], buffers: Sequence[np.ndarray],
+                  ranges: Sequence[Tuple[int, int]]) -> Iterator[Tuple[int, np.ndarray]]:
+    """Yield ``(first pixel, stored)`` per piece of ``BORN_READ_PIXELS`` pixels of each range [start, stop)
+    in turn: stored (n_readers, pixels in piece), each reader's values in the buffers' type, a view of one
+    of ``buffers`` (matrices of at least that shape, used in turn: a consumer reading at most
+    ``len(buffers) - 2`` pieces ahead through ``prefetched`` never sees one overwritten)."""
+    pieces = ((first, min(first + BORN_READ_PIXELS, stop)) for start, stop in ranges
+              for first in range(start, stop, BORN_READ_PIXELS))
+    for number, (first, last) in enumerate(pieces):
         stored = buffers[number % len(buffers)][:, :last - first]
         for reader, row in zip(readers, stored):
             reader.read_into(first, last, row)
@@ -819,24 +857,19 @@ class BornSumStep(BaseStep):
         writers: List[MapRangeWriter] = []
         sums: List[BornSums] = []
 
-        following: Dict[int, Tuple[int, int]] = {}  # task id -> range of this rank's next task
-
         @contextlib.contextmanager
         def open_files(mine):
             with contextlib.ExitStack() as stack:
                 writers.extend(stack.enter_context(MapRangeWriter(layout)) for layout in layouts)
                 if mine:
-                    sums.append(stack.enter_context(BornSums(plan.sheets, plan.weights, plan.footprint)))
-                    sums[0].will_need(*mine[0].payload)
-                    following.update((task.task_id, after.payload) for task, after in zip(mine, mine[1:]))
+                    sums.append(stack.enter_context(BornSums(plan.sheets, plan.weights, plan.footprint,
+                                                             [task.payload for task in mine])))
                 yield
                 for writer in writers:
                     writer.sync()  # on disk before rank 0 renames the files
 
         def process(task: Task) -> TaskRecord:
             start, stop = task.payload
-            if task.task_id in following:
-                sums[0].will_need(*following[task.task_id])
             kappa = sums[0].sum_range(start, stop)
             checksum = 0
             for writer, values, path in zip(writers, kappa, plan.outputs):

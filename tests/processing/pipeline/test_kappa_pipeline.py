@@ -1,6 +1,7 @@
 """KappaPipeline on one rank: Born sums against analytic cases and SCIENCE.md §3.1, file contract,
 input errors, skip/restart, resume after a crash, and the C_ell validation."""
 import json
+import threading
 
 import bigfile
 import healpy as hp
@@ -180,6 +181,38 @@ def test_blocked_born_sum_is_position_independent_and_matches_an_exact_sum(tmp_p
     deltas = np.stack([read_nested_map(s.path)[0][:64] for s in sheets]).astype(np.longdouble)
     exact = weights.astype(np.longdouble) @ deltas
     np.testing.assert_allclose(whole, exact.astype(np.float64), rtol=1e-13, atol=1e-17)
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_born_sums_read_ahead_across_a_ranks_ranges_and_start_afresh_out_of_order(tmp_path, monkeypatch, prefetch):
+    rng = np.random.default_rng(8)
+    nside = 4
+    for index in range(40, 50):
+        write_sheet(tmp_path, index, rng.normal(0.0, 0.5, 12 * nside**2).astype(np.float32))
+    sheets, _, _, _ = kappa_steps.discover_sheets(tmp_path / "mass_sheets")
+    weights = np.stack([weights_of(range(40, 50), zs) for zs in (1.0, 1.5)])
+    monkeypatch.setattr(kappa_steps, "BORN_READ_PIXELS", 16)
+    monkeypatch.setattr(kappa_steps, "BORN_BLOCK_PIXELS", 8)
+    monkeypatch.setattr(kappa_steps, "has_spare_core", lambda: prefetch)
+    ranges = [(64, 128), (0, 64), (128, 192)]  # a rank's tasks need not be in pixel order
+    alone = {r: kappa_steps.born_sum_range(sheets, weights, *r).copy() for r in ranges}
+    reads = []
+    original = kappa_steps.MapRangeReader.read_into
+    monkeypatch.setattr(kappa_steps.MapRangeReader, "read_into",
+                        lambda reader, start, stop, out: reads.append((start, stop)) or original(reader, start, stop, out))
+    with kappa_steps.BornSums(sheets, weights, ranges=ranges) as sums:
+        in_order = {r: sums.sum_range(*r).copy() for r in ranges}
+        # every piece read once, in the ranges' order
+        assert reads == [piece for first, last in ranges for piece in
+                         [(a, a + 16) for a in range(first, last, 16)] for _ in sums.sheets]
+        retried = sums.sum_range(0, 64).copy()  # out of order (a retried task): read on its own
+        after = sums.sum_range(128, 192).copy()  # and the later ranges from there
+        stray = sums.sum_range(8, 40).copy()  # a range not in the list, pieces not on its boundaries
+    for r in ranges:
+        assert in_order[r].tobytes() == alone[r].tobytes()
+    assert retried.tobytes() == alone[(0, 64)].tobytes() and after.tobytes() == alone[(128, 192)].tobytes()
+    np.testing.assert_array_equal(stray, kappa_steps.born_sum_range(sheets, weights, 8, 40))
+    assert not [t for t in threading.enumerate() if t.name == "lensing_ssc-prefetch"]  # the reader is joined
 
 
 def test_box_size_of_the_sheets_is_carried_to_the_kappa_header(tmp_path):
