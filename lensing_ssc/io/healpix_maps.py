@@ -105,9 +105,12 @@ class MapLayout:
     npix: int
 
 
-def read_header_and_layout(path) -> Tuple[Dict[str, object], MapLayout]:
-    """The map extension's header (as :func:`read_header`) and the :class:`MapLayout` of its pixels, in
-    one open; InputError naming the file when the table is not one unscaled column of all pixels."""
+def read_header_and_layout(path) -> Tuple[fits.Header, MapLayout]:
+    """The map extension's header, checked as by :func:`read_header` but kept as astropy's Header (a
+    card's value is parsed when it is first read: converting all of them to a dict took 0.24 ms per
+    sheet, half the time of this function, when the kappa stage reads 4-7 of ~25 keys), and the
+    :class:`MapLayout` of its pixels, in one open; InputError naming the file when the table is not one
+    unscaled column of all pixels."""
     path = Path(path)
     header, data_offset = _read_table_header(path)
     npix = hp.nside2npix(int(header["NSIDE"]))
@@ -123,7 +126,7 @@ def read_header_and_layout(path) -> Tuple[Dict[str, object], MapLayout]:
     if stored_pixels != npix:
         raise InputError(f"{path}: {stored_pixels} pixels, expected 12*NSIDE^2 = {npix} for "
                          f"NSIDE={header['NSIDE']}")
-    return dict(header), MapLayout(str(path), data_offset, stored.str, npix)
+    return header, MapLayout(str(path), data_offset, stored.str, npix)
 
 
 class MapRangeReader:
