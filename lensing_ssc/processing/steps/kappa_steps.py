@@ -436,13 +436,14 @@ def check_source_reach(source_redshifts: Sequence[float], z_reach: float, sheets
 
 def estimate_memory_mb(nside: int, n_sources: int, n_sheets: int) -> float:
     """Peak MiB per rank of the dominant arrays of a task: its float64 sums of every source (8 B per
-    pixel and source), the footprint range (float32 and its mask, 5 B), the range of one source as
-    written (big-endian float32, 4 B), READ_BUFFERS matrices of every used sheet's read range as stored
-    (float32 sheets; float64 ones take twice that) and one float64 block of deltas."""
+    pixel and source), the footprint range (float32 and its mask, 5 B), every source's range as written
+    (big-endian float32 in a buffer each map's writer keeps, 4 B per pixel and source), READ_BUFFERS
+    matrices of every used sheet's read range as stored (float32 sheets; float64 ones take twice that)
+    and one float64 block of deltas."""
     pixels = min(nside**2, MAX_PIXELS_PER_TASK)  # KappaPlan.pixels_per_task
     read = min(BORN_READ_PIXELS, pixels)
     sheet_bytes = n_sheets * (4 * READ_BUFFERS * read + 8 * min(BORN_BLOCK_PIXELS, read))
-    return (pixels * (8 * n_sources + 9) + sheet_bytes) / 2**20
+    return (pixels * (12 * n_sources + 5) + sheet_bytes) / 2**20
 
 
 def _check_resources(config, plan: KappaPlan) -> None:
