@@ -22,12 +22,13 @@ def test_memory_estimates_scale_with_nside_as_documented():
                                                                + 10 ** 7 * 50 / 2 ** 20)
     assert analysis_memory_mb(4096, 2048) == (12 * 4096 ** 2 * 13 + 30 * 2048 ** 2 * 8) / 2 ** 20
     # kappa per rank is one task (each rank writes its ranges into the maps: no full-sky map anywhere):
-    # float64 sums of every source, footprint and one written source range (9 B per pixel), and a block
-    # of 2^14 pixels of every sheet, float32 + 3 float64 (prefetch) ...
-    assert kappa_memory_mb(1024, 5, 10 ** 4) == 2 ** 20 * (8 * 5 + 9) / 2 ** 20 + 10 ** 4 * 2 ** 14 * 28 / 2 ** 20
+    # float64 sums and a float32 written range of every source (12 B per pixel and source), the footprint
+    # (5 B), and of every sheet 3 float32 pieces of 2^15 pixels (read ahead) and a float64 block of 2^11 ...
+    sheet_bytes = 3 * 4 * 2 ** 15 + 8 * 2 ** 11
+    assert kappa_memory_mb(1024, 5, 10 ** 4) == 2 ** 20 * (12 * 5 + 5) / 2 ** 20 + 10 ** 4 * sheet_bytes / 2 ** 20
     # ... and its pixels stop growing with nside at 2^20
     assert kappa_memory_mb(8192, 5, 100) == kappa_memory_mb(1024, 5, 100) == (
-        2 ** 20 * (8 * 5 + 9) + 100 * 2 ** 14 * 28) / 2 ** 20
+        2 ** 20 * (12 * 5 + 5) + 100 * sheet_bytes) / 2 ** 20
 
 
 def test_plan_counts_existing_outputs_and_reads_nside_from_maps(tmp_path):
