@@ -470,9 +470,11 @@ class BornSums:
     Given the ``ranges`` it will be asked for, in order (a rank's tasks), it reads ahead across them: the
     next range's first piece is read while the last of this one is summed and its kappa written, and the
     kernel is asked (:meth:`will_need`) for the next range's pixels when a range starts. A range asked
-    for out of that order is read on its own. It sums a piece in blocks of ``BORN_BLOCK_PIXELS``: the block is converted to float64 (a matrix that
-    stays in the core's cache) and kappa = weights @ deltas is one BLAS product (run it with BLAS on one
-    thread per rank, as :class:`BornSumStep` does, or OpenBLAS's threads fight the other ranks). The
+    for out of that order is read on its own.
+
+    A piece is summed in blocks of ``BORN_BLOCK_PIXELS``: the block is converted to float64 (a matrix
+    that stays in the core's cache) and kappa = weights @ deltas is one BLAS product (run it with BLAS on
+    one thread per rank, as :class:`BornSumStep` does, or OpenBLAS's threads fight the other ranks). The
     rounding of a product depends on its shape and the CPU's BLAS kernel, never on where the block lies,
     and every task range is a whole number of equal blocks: so the maps are the same bytes for any number
     of ranks or tasks on one type of CPU (the sum over sheets is float64 either way). With a
@@ -497,8 +499,8 @@ class BornSums:
                            self._stack.enter_context(MapRangeReader(read_header_and_layout(footprint)[1])))
         stored_types = {np.dtype(sheet.layout.dtype) for sheet in self.sheets}
         # The sheets' own type, read without conversion; float64 when they differ (e.g. >f4 and >f8).
-        stored = stored_types.pop() if len(stored_types) == 1 else np.dtype(np.float64)
-        self._pieces = [np.empty((len(used), BORN_READ_PIXELS), dtype=stored) for _ in range(READ_BUFFERS)]
+        self._stored_type = stored_types.pop() if len(stored_types) == 1 else np.dtype(np.float64)
+        self._pieces: List[np.ndarray] = []  # READ_BUFFERS matrices (n_used_sheets, piece), made when needed
         self._deltas = np.empty((len(used), BORN_BLOCK_PIXELS))
         self._total = np.empty((self.weights.shape[0], 0))
         self._ranges = [(int(first), int(last)) for first, last in ranges]
@@ -526,7 +528,12 @@ class BornSums:
         ``ranges`` when it is one of them."""
         if not self._upcoming or self._upcoming[0] != (start, stop):
             self._close_stream()
-            later = self._ranges[self._ranges.index((start, stop)):] if (start, stop) in self._ranges else [(start, stop)]
+            later = ([(start, stop)] if (start, stop) not in self._ranges else
+                     self._ranges[self._ranges.index((start, stop)):])
+            width = min(BORN_READ_PIXELS, max(last - first for first, last in later))
+            if not self._pieces or self._pieces[0].shape[1] < width:  # no stream holds them now
+                self._pieces = [np.empty((len(self.sheets), width), dtype=self._stored_type)
+                                for _ in range(READ_BUFFERS)]
             pieces = _sheet_pieces(self._readers, self._pieces, later)
             self._stream = prefetched(pieces, depth=1) if has_spare_core() else pieces
             self._upcoming = list(later)  # popped below; the generator keeps its own list

@@ -198,8 +198,12 @@ def test_born_sums_read_ahead_across_a_ranks_ranges_and_start_afresh_out_of_orde
     alone = {r: kappa_steps.born_sum_range(sheets, weights, *r).copy() for r in ranges}
     reads = []
     original = kappa_steps.MapRangeReader.read_into
-    monkeypatch.setattr(kappa_steps.MapRangeReader, "read_into",
-                        lambda reader, start, stop, out: reads.append((start, stop)) or original(reader, start, stop, out))
+
+    def read_into(reader, start, stop, out):
+        reads.append((start, stop))
+        original(reader, start, stop, out)
+
+    monkeypatch.setattr(kappa_steps.MapRangeReader, "read_into", read_into)
     with kappa_steps.BornSums(sheets, weights, ranges=ranges) as sums:
         in_order = {r: sums.sum_range(*r).copy() for r in ranges}
         # every piece read once, in the ranges' order
