@@ -162,19 +162,23 @@ def test_missing_sheet_in_the_range_is_refused_without_output(tmp_path):
     assert not (tmp_path / "kappa").exists() or not list((tmp_path / "kappa").glob("*.fits"))
 
 
+def small_born_sums(tmp_path, monkeypatch, indices, seed, prefetch):
+    """Random nside-4 sheets ``indices`` (their SheetInfo list), the Born sums in pieces of 16 pixels and
+    products of 8, read ahead in a thread or not (``prefetch``)."""
+    rng = np.random.default_rng(seed)
+    for index in indices:
+        write_sheet(tmp_path, index, rng.normal(0.0, 0.5, 12 * 4**2).astype(np.float32))
+    monkeypatch.setattr(kappa_steps, "BORN_READ_PIXELS", 16)
+    monkeypatch.setattr(kappa_steps, "BORN_BLOCK_PIXELS", 8)
+    monkeypatch.setattr(kappa_steps, "has_spare_core", lambda: prefetch)
+    return kappa_steps.discover_sheets(tmp_path / "mass_sheets")[0]
+
+
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_blocked_born_sum_is_position_independent_and_matches_an_exact_sum(tmp_path, monkeypatch, prefetch):
-    rng = np.random.default_rng(5)
-    nside = 4
-    for index in range(40, 60):
-        write_sheet(tmp_path, index, rng.normal(0.0, 0.5, 12 * nside**2).astype(np.float32))
-    sheets, _, _, _ = kappa_steps.discover_sheets(tmp_path / "mass_sheets")
+    sheets = small_born_sums(tmp_path, monkeypatch, range(40, 60), 5, prefetch)
     weights = np.stack([weights_of(range(40, 60), zs) for zs in (0.8, 1.0, 1.5)])
     weights[1, 3] = 0.0  # a sheet used by some sources only
-    monkeypatch.setattr(kappa_steps, "BORN_READ_PIXELS", 16)  # 4 pieces of 2 products for pixels 0-63
-    monkeypatch.setattr(kappa_steps, "BORN_BLOCK_PIXELS", 8)
-    if not prefetch:
-        monkeypatch.setattr(kappa_steps, "prefetched", lambda blocks, depth: blocks)
     whole = kappa_steps.born_sum_range(sheets, weights, 0, 64)
     pieces = [kappa_steps.born_sum_range(sheets, weights, a, b) for a, b in [(0, 16), (16, 32), (32, 64)]]
     assert np.concatenate(pieces, axis=1).tobytes() == whole.tobytes()
@@ -185,15 +189,8 @@ def test_blocked_born_sum_is_position_independent_and_matches_an_exact_sum(tmp_p
 
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_born_sums_read_ahead_across_a_ranks_ranges_and_start_afresh_out_of_order(tmp_path, monkeypatch, prefetch):
-    rng = np.random.default_rng(8)
-    nside = 4
-    for index in range(40, 50):
-        write_sheet(tmp_path, index, rng.normal(0.0, 0.5, 12 * nside**2).astype(np.float32))
-    sheets, _, _, _ = kappa_steps.discover_sheets(tmp_path / "mass_sheets")
+    sheets = small_born_sums(tmp_path, monkeypatch, range(40, 50), 8, prefetch)
     weights = np.stack([weights_of(range(40, 50), zs) for zs in (1.0, 1.5)])
-    monkeypatch.setattr(kappa_steps, "BORN_READ_PIXELS", 16)
-    monkeypatch.setattr(kappa_steps, "BORN_BLOCK_PIXELS", 8)
-    monkeypatch.setattr(kappa_steps, "has_spare_core", lambda: prefetch)
     ranges = [(64, 128), (0, 64), (128, 192)]  # a rank's tasks need not be in pixel order
     alone = {r: kappa_steps.born_sum_range(sheets, weights, *r).copy() for r in ranges}
     reads = []
