@@ -303,9 +303,6 @@ def build_plan(config: ProcessingConfig) -> PreprocessingPlan:
         observer=tuple(float(v) for v in catalog.observer), H0=float(config.cosmology.H0),
         Om0=float(config.cosmology.Om0), identity=_usmesh_identity(catalog, seed),
         lc_fov_deg=catalog.paramfile_number("lc_fov"))
-    log.info("preprocess: %s (%s, nside %d): %d sheets %d..%d, %d rows, seed %s%s", path, plan.dataset,
-             plan.nside, len(sheets), chosen[0], chosen[-1], sum(s.nominal_rows for s in sheets), seed,
-             " (mock)" if mock else "")
     return plan
 
 
@@ -874,6 +871,10 @@ class DataDiscoveryStep(BaseStep):
     def execute(self, input_data):
         def discover():
             plan = build_plan(self.config)
+            sheets = plan.sheets
+            log.info("preprocess: %s (%s, nside %d): %d sheets %d..%d, %d rows, seed %s%s", self.config.data_dir,
+                     plan.dataset, plan.nside, len(sheets), sheets[0].index, sheets[-1].index,
+                     sum(s.nominal_rows for s in sheets), plan.seed, " (mock)" if plan.mock else "")
             plan.up_to_date = is_complete(self.config, plan)
             if plan.up_to_date:
                 log.info("preprocess: all %d sheets are up to date (%s matches the config, the usmesh and the "
