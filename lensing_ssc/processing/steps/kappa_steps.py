@@ -802,9 +802,9 @@ def validate_maps(config, plan: KappaPlan) -> Dict[str, object]:
     for zs, path in zip(plan.source_redshifts, plan.outputs):
         values, _ = read_nested_map(path)
         signal, shot = predicted_kappa_cl(lmax, cosmo, a_far, a_near, zs, pk, plan.nside, nbar)
-        measured = measured_cl(values, lmax, observed)
-        result = compare_binned_cl(measured, signal + shot, edges, plan.fsky)
-        mean_ratio = mean_cl_ratio(measured, signal + shot, VALIDATION_MEAN_ELL_MIN, plan.nside)
+        measured, predicted = measured_cl(values, lmax, observed), signal + shot
+        result = compare_binned_cl(measured, predicted, edges, plan.fsky)
+        mean_ratio = mean_cl_ratio(measured, predicted, VALIDATION_MEAN_ELL_MIN, plan.nside)
         maps[str(zs)] = {"file": path, "cl_shot_noise": shot, **result, "mean_ratio": mean_ratio,
                          "mean_ratio_ell": [VALIDATION_MEAN_ELL_MIN, plan.nside]}
         mean_text = "" if mean_ratio is None else (
